@@ -1,0 +1,77 @@
+"""Checks that run before anything compiles, each failing with one line that says what to change."""
+
+import math
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config, flag or input file that cannot work; the message says what to change."""
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+  """Resolves the one -1 axis to the devices that remain; the product must equal num_devices."""
+  shape = {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
+  free = [name for name, size in shape.items() if size == -1]
+  if len(free) > 1:
+    raise ConfigError(f"mesh axes {free} are all -1; at most one mesh axis may be -1")
+  if any(size == 0 or size < -1 for size in shape.values()):
+    raise ConfigError(f"mesh {shape} has a size below 1; use positive sizes or -1")
+  fixed = math.prod(size for size in shape.values() if size != -1)
+  if free:
+    if num_devices % fixed:
+      raise ConfigError(f"mesh {shape}: {num_devices} devices do not divide by {fixed}; "
+                        f"change the mesh sizes")
+    shape[free[0]] = num_devices // fixed
+  if math.prod(shape.values()) != num_devices:
+    raise ConfigError(f"mesh {shape} needs {math.prod(shape.values())} devices but "
+                      f"{num_devices} are present; set the mesh sizes so their product is "
+                      f"{num_devices} (or use -1 for one axis)")
+  return shape
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1):
+  """Everything that can be checked without compiling; returns the resolved mesh shape."""
+  shape = mesh_shape(config.mesh, num_devices)
+  positive = ["steps", "batch_size", "seq_len", "log_every", "eval_steps"]
+  for key in positive:
+    if config[key] <= 0:
+      raise ConfigError(f"{key}={config[key]} must be positive")
+  if config.dtype not in DTYPES:
+    raise ConfigError(f"dtype={config.dtype!r}; use one of {', '.join(DTYPES)}")
+  batch_shards = shape["data"] * shape["fsdp"]
+  if config.batch_size % batch_shards:
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {batch_shards} "
+                      f"data-parallel devices (mesh.data x mesh.fsdp); use a multiple of "
+                      f"{batch_shards}")
+  if config.batch_size % process_count:
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {process_count} "
+                      f"processes; use a multiple of {process_count}")
+  accum = config.optim.grad_accum_steps
+  if accum < 1 or config.batch_size % (accum * batch_shards):
+    raise ConfigError(f"optim.grad_accum_steps={accum}: batch_size={config.batch_size} must "
+                      f"divide into {accum} microbatches of a multiple of {batch_shards} rows")
+  if config.on_nonfinite not in ("stop", "skip"):
+    raise ConfigError(f"on_nonfinite={config.on_nonfinite!r}; use 'stop' or 'skip'")
+  if "model" in config and "num_heads" in config.model:
+    m = config.model
+    kv_heads = m.num_kv_heads or m.num_heads
+    if m.d_model % m.num_heads:
+      raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads="
+                        f"{m.num_heads}")
+    if m.num_heads % kv_heads:
+      raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads="
+                        f"{kv_heads}")
+    for name, value in (("num_heads", m.num_heads), ("num_kv_heads", kv_heads)):
+      if value % shape["tensor"]:
+        raise ConfigError(f"model.{name}={value} is not divisible by mesh.tensor="
+                          f"{shape['tensor']}; pick a tensor axis that divides the heads")
+    if m.d_ff % shape["tensor"]:
+      raise ConfigError(f"model.d_ff={m.d_ff} is not divisible by mesh.tensor={shape['tensor']}")
+    if config.seq_len > m.max_len:
+      raise ConfigError(f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}; "
+                        f"raise model.max_len or shorten seq_len")
+  return shape

@@ -1,0 +1,57 @@
+"""Tokenizers: bytes by default (no file, no training), SentencePiece for real corpora."""
+
+import os
+from typing import Iterable, Protocol
+
+import numpy as np
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+  eos_id: int
+
+  def encode(self, text: str) -> np.ndarray: ...
+
+  def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class ByteTokenizer:
+  """UTF-8 bytes as ids 0..255. NUL (id 0) never occurs in text, so it marks document ends."""
+
+  vocab_size = 256
+  eos_id = 0
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return bytes(int(i) for i in ids if i != self.eos_id).decode("utf-8", errors="replace")
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model; `train` builds one from text when the model file does not exist."""
+
+  def __init__(self, model_path: str):
+    import sentencepiece as spm  # optional dependency, only needed for this tokenizer
+
+    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    self.vocab_size = self._sp.get_piece_size()
+    self.eos_id = self._sp.eos_id()
+
+  @staticmethod
+  def train(texts: Iterable[str], model_path: str, vocab_size: int) -> None:
+    import sentencepiece as spm
+
+    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+    lines = (line for text in texts for line in text.splitlines() if line.strip())
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines, model_prefix=model_path.removesuffix(".model"),
+        vocab_size=vocab_size, model_type="bpe", character_coverage=1.0, byte_fallback=True,
+        pad_id=-1, unk_id=0, bos_id=-1, eos_id=1, minloglevel=2,
+        input_sentence_size=2_000_000, shuffle_input_sentence=True)
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids if i != self.eos_id])

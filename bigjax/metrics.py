@@ -1,0 +1,57 @@
+"""Throughput accounting: model FLOPs per token, device peak FLOP/s and MFU."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s per device, matched against jax.devices()[0].device_kind.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def decoder_flops_per_token(non_embedding_params: int, num_layers: int, seq_len: int,
+                            d_model: int, causal: bool = True) -> float:
+  """Training FLOPs per token: 6 x matmul params + attention (12 N L D, halved when causal).
+
+  `non_embedding_params` counts every matmul weight, the output projection included (tied or
+  not, it is a matmul); the input embedding lookup and positions are not FLOPs.
+  """
+  attention = 12 * num_layers * seq_len * d_model * (0.5 if causal else 1.0)
+  return 6 * non_embedding_params + attention
+
+
+def measured_matmul_peak(dtype=jnp.float32, n: int = 1024, reps: int = 10) -> float:
+  """FLOP/s of a large matmul on device 0: the stand-in peak for devices not in the table."""
+  x = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(reps):
+    y = f(x)
+  y.block_until_ready()
+  return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def peak_flops_per_device(device=None, dtype=jnp.float32) -> tuple[float, str]:
+  """(peak FLOP/s, where it came from): the table for known kinds, else a measured matmul."""
+  kind = (device or jax.devices()[0]).device_kind
+  for name, peak in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return peak, f"{kind} bf16 peak"
+  return measured_matmul_peak(dtype), f"measured {jnp.dtype(dtype).name} matmul on {kind}"
+
+
+def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak: float) -> float:
+  return flops_per_step / (step_seconds * num_devices * peak)

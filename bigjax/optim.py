@@ -1,0 +1,56 @@
+"""The optax optimizer and learning-rate schedule named by `config.optim`."""
+
+import jax
+import ml_collections
+import optax
+
+from bigjax.config_checks import ConfigError
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "lion")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def schedule(optim: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `lr`, then cosine or linear decay to `min_lr_ratio * lr`, or flat."""
+  if optim.schedule not in SCHEDULES:
+    raise ConfigError(f"optim.schedule={optim.schedule!r}; use one of {', '.join(SCHEDULES)}")
+  warmup = min(optim.warmup_steps, steps)
+  floor = optim.lr * optim.min_lr_ratio
+  decay_steps = max(steps - warmup, 1)
+  after = {
+      "cosine": optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.min_lr_ratio),
+      "linear": optax.linear_schedule(optim.lr, floor, decay_steps),
+      "constant": optax.constant_schedule(optim.lr),
+  }[optim.schedule]
+  return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), after], [warmup])
+
+
+def decay_mask(params):
+  """Weight decay on matrices only: dense kernels. Norm scales, biases and embeddings are skipped."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, steps: int, skip_nonfinite: bool = False):
+  """(optax transformation, schedule). Clipping comes first, so every optimizer sees it."""
+  if optim.name not in OPTIMIZERS:
+    raise ConfigError(f"optim.name={optim.name!r}; use one of {', '.join(OPTIMIZERS)}")
+  lr = schedule(optim, steps)
+  wd = optim.weight_decay
+  if optim.name == "adamw":
+    tx = optax.adamw(lr, b1=optim.b1, b2=optim.b2, weight_decay=wd, mask=decay_mask)
+  elif optim.name == "adam":
+    tx = optax.adam(lr, b1=optim.b1, b2=optim.b2)
+  elif optim.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                     optax.sgd(lr, momentum=optim.momentum or None))
+  elif optim.name == "adafactor":
+    tx = optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=decay_mask)
+  else:
+    tx = optax.lion(lr, b1=optim.b1, b2=optim.b2, weight_decay=wd, mask=decay_mask)
+  if optim.clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm), tx)
+  if skip_nonfinite:
+    # Keeps params and optimizer state unchanged on a step whose gradients are not finite.
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
+  return tx, lr

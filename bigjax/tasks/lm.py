@@ -1,0 +1,117 @@
+"""Next-token prediction with a decoder-only Transformer (GPT-2 and Llama configs)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bigjax import generate
+from bigjax.config_checks import ConfigError
+from bigjax.data import lm as lm_data
+from bigjax.data import sources
+from bigjax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
+from bigjax.metrics import decoder_flops_per_token
+from bigjax.models import gpt
+from bigjax.models.layers import TransformerConfig
+
+
+def make_tokenizer(config: ml_collections.ConfigDict, process_index: int, process_count: int):
+  data = config.data
+  if data.tokenizer == "byte":
+    return ByteTokenizer()
+  if data.tokenizer != "sentencepiece":
+    raise ConfigError(f"data.tokenizer={data.tokenizer!r}; use byte or sentencepiece")
+  if not data.tokenizer_path:
+    raise ConfigError("data.tokenizer='sentencepiece' needs data.tokenizer_path")
+  if not os.path.exists(data.tokenizer_path):
+    if process_index == 0:
+      SentencePieceTokenizer.train(sources.documents(data, "train"), data.tokenizer_path,
+                                   data.vocab_size)
+    if process_count > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("sentencepiece trained")
+  return SentencePieceTokenizer(data.tokenizer_path)
+
+
+class LanguageModelTask:
+  """Packed next-token prediction; eval reports loss, perplexity and next-token accuracy."""
+
+  def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
+               process_count: int = 1):
+    self.config = config
+    self.process_index, self.process_count = process_index, process_count
+    self.tokenizer = make_tokenizer(config, process_index, process_count)
+    self.model_cfg = TransformerConfig.from_config(config, self.tokenizer.vocab_size)
+    self.model = gpt.Decoder(self.model_cfg)
+
+  # The loop's interface.
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    shape = (batch_size, self.config.seq_len)
+    return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32),
+            "targets": jax.ShapeDtypeStruct(shape, jnp.int32)}
+
+  def init(self, rng, batch):
+    return self.model.init({"params": rng}, batch["inputs"])
+
+  def loss(self, params, batch, rng, train: bool):
+    logits_BxLxV, _ = self.model.apply({"params": params}, batch["inputs"], train=train,
+                                       rngs={"dropout": rng})
+    loss_BxL = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxLxV.astype(jnp.float32), batch["targets"])
+    return loss_BxL.mean(), {}
+
+  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+    logits_BxLxV, _ = self.model.apply({"params": params}, batch["inputs"])
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    loss_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
+    correct_BxL = jnp.argmax(logits_BxLxV, -1) == batch["targets"]
+    return {"loss": loss_BxL.sum(), "correct": correct_BxL.sum(), "tokens": loss_BxL.size}
+
+  def eval_summary(self, sums) -> dict[str, float]:
+    loss = float(sums["loss"] / sums["tokens"])
+    return {"loss": loss, "perplexity": float(np.exp(loss)),
+            "accuracy": float(sums["correct"] / sums["tokens"])}
+
+  def train_data(self, local_batch: int, seed: int):
+    windows = self._windows("train")
+    return lm_data.train_dataset(windows, local_batch, seed)
+
+  def eval_data(self, local_batch: int, num_batches: int):
+    return lm_data.eval_batches(self._windows("validation"), local_batch, num_batches)
+
+  def flops_per_example(self, params) -> float:
+    """Training FLOPs for one sequence (6N + attention per token, times seq_len)."""
+    cfg = self.model_cfg
+    n = gpt.count_params(params)
+    n -= params["embed"]["embedding"].size + (params["pos_embed"]["embedding"].size
+                                              if "pos_embed" in params else 0)
+    n += cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0  # the tied output matmul
+    L = self.config.seq_len
+    return decoder_flops_per_token(n, cfg.num_layers, L, cfg.d_model) * L
+
+  def finish(self, params, rng) -> dict[str, str]:
+    """A text sample from the trained model, continuing `config.sample.prompt`."""
+    s = self.config.sample
+    if not s.prompt:
+      return {}
+    prompt = self.tokenizer.encode(s.prompt)[None]
+    room = self.model_cfg.max_len - prompt.shape[1]
+    tokens_BxT = generate.generate(self.model, params, jnp.asarray(prompt), rng,
+                                   max_new_tokens=min(s.max_new_tokens, room),
+                                   temperature=s.temperature, top_k=s.top_k)
+    return {"sample": self.tokenizer.decode(np.asarray(tokens_BxT[0]))}
+
+  # Data.
+
+  def _windows(self, split: str) -> lm_data.TokenWindows:
+    docs = sources.documents(self.config.data, split, self.process_index, self.process_count)
+    windows = lm_data.TokenWindows(lm_data.pack(docs, self.tokenizer), self.config.seq_len)
+    if not len(windows):
+      raise ConfigError(
+          f"the {split} split has fewer than seq_len+1={self.config.seq_len + 1} tokens for "
+          f"process {self.process_index}; use more data or a shorter seq_len")
+    return windows

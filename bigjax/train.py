@@ -1,0 +1,317 @@
+"""The one training loop. Every model family runs through `train_and_evaluate`.
+
+    python -m bigjax.train --config=configs/gpt_tiny.py --workdir=runs/gpt_tiny \
+        [--config.optim.lr=3e-4 ...]
+
+It reads top to bottom in the order things happen: check the config, build the mesh and the task,
+work out the state's shapes and shardings, create or restore the state, compile the step, loop.
+"""
+
+import dataclasses
+import logging
+import math
+import signal
+import sys
+import time
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bigjax import checkpoint, metrics, optim, sharding, tracking
+from bigjax.config_checks import ConfigError, check_config
+from bigjax.tasks import TASKS
+
+log = logging.getLogger("bigjax")
+
+# Purposes the root key is split into; folding a constant keeps each stream fixed by the seed.
+PARAMS_STREAM, DROPOUT_STREAM, SAMPLE_STREAM = 0, 1, 2
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def make_train_step(task, tx, lr_schedule, config):
+  """train_step(state, batch) -> (state, metrics): one optimizer update, maybe over microbatches."""
+  accum = config.optim.grad_accum_steps
+  dropout_key = jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM)
+  grad_fn = jax.value_and_grad(lambda p, b, r: task.loss(p, b, r, train=True), has_aux=True)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(dropout_key, state.step)  # a resumed run draws the same dropout
+    if accum == 1:
+      (loss, aux), grads = grad_fn(state.params, batch, rng)
+    else:
+      # Microbatch j takes rows j, j+accum, ...: each device keeps its own rows, no data moves.
+      micro = jax.tree.map(lambda x: x.reshape(-1, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+
+      def add_microbatch(grad_sum, j):
+        mb = jax.tree.map(lambda x: x[j], micro)
+        (loss, aux), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, j))
+        return jax.tree.map(jnp.add, grad_sum, grads), (loss, aux)
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      grad_sum, (losses, auxes) = jax.lax.scan(add_microbatch, zeros, jnp.arange(accum))
+      grads = jax.tree.map(lambda g: g / accum, grad_sum)
+      loss, aux = losses.mean(), jax.tree.map(jnp.mean, auxes)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    out = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
+           "train/param_norm": optax.global_norm(params),
+           "train/update_norm": optax.global_norm(updates), "train/lr": lr_schedule(state.step),
+           **{f"train/{k}": v for k, v in aux.items()}}
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+      out["train/skipped_steps"] = opt_state.total_notfinite
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), out
+
+  return train_step
+
+
+def state_layout(task, tx, config, mesh, batch_spec):
+  """(abstract state with shardings, state shardings, init function), without allocating.
+
+  Parameter shardings come from the logical axis names the modules attach; optimizer moments
+  take the sharding of their parameter, and everything else (counters, factored statistics) is
+  replicated.
+  """
+  def init_params(rng):
+    dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
+    return task.init(rng, dummy)["params"]
+
+  boxed = jax.eval_shape(init_params, jax.random.key(0))
+  param_shardings = sharding.logical_shardings(boxed, mesh, config)
+  abstract_params = jax.eval_shape(lambda r: nn.meta.unbox(init_params(r)), jax.random.key(0))
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda leaf, param, sh: sh if leaf.shape == param.shape else sharding.replicated(mesh),
+      abstract_opt, abstract_params, param_shardings,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+  shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
+                         opt_state=opt_shardings)
+
+  def init(rng):
+    params = nn.meta.unbox(init_params(rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  return abstract, shardings, init
+
+
+def evaluate(task, eval_step, params, config, mesh) -> dict[str, float]:
+  local_batch = config.batch_size // jax.process_count()
+  sums = None
+  for local in task.eval_data(local_batch, config.eval_steps):
+    batch_sums = eval_step(params, sharding.global_batch(local, mesh))
+    sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
+  return {f"eval/{k}": v for k, v in task.eval_summary(jax.device_get(sums)).items()}
+
+
+class _StopRequest:
+  """SIGTERM/SIGINT (preemption, Ctrl-C) set a flag; the loop saves and exits at the next step."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, frame):
+    self.signal = signal.Signals(signum).name
+
+  def restore(self):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
+
+  `devices` restricts the run to a subset (tests compare 1 and 8 devices in one process).
+  """
+  devices = devices if devices is not None else jax.devices()
+  primary = jax.process_index() == 0
+  mesh_shape = check_config(config, len(devices), jax.process_count())
+  mesh = sharding.make_mesh(mesh_shape, devices)
+  if config.task not in TASKS:
+    raise ConfigError(f"task={config.task!r} is unknown; use one of {', '.join(TASKS)}")
+  task = TASKS[config.task](config, jax.process_index(), jax.process_count())
+  tx, lr_schedule = optim.make_optimizer(config.optim, config.steps,
+                                         skip_nonfinite=config.on_nonfinite == "skip")
+  root_key = jax.random.key(config.seed)
+  batch_spec = task.batch_spec(config.batch_size)
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+    abstract, shardings, init = state_layout(task, tx, config, mesh, batch_spec)
+
+    # Create or restore the state, directly in its sharded layout.
+    ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints)
+    train_data = task.train_data(config.batch_size // jax.process_count(), config.seed)
+    train_iter = iter(train_data)
+    restored = ckpt.restore(abstract)
+    if restored:
+      start_step, state, data_state = restored
+      train_iter.set_state(data_state)
+    else:
+      start_step = 0
+      init_key = jax.random.fold_in(root_key, PARAMS_STREAM)
+      state = jax.jit(init, out_shardings=shardings)(init_key)
+
+    # Compile once, ahead of the first step, with explicit shardings and a donated state.
+    batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                      for k, v in batch_spec.items()}
+    compile_start = time.perf_counter()
+    train_step = jax.jit(make_train_step(task, tx, lr_schedule, config),
+                         in_shardings=(shardings, batch_sharding),
+                         out_shardings=(shardings, sharding.replicated(mesh)),
+                         donate_argnums=0).lower(abstract, batch_abstract).compile()
+    compile_seconds = time.perf_counter() - compile_start
+    eval_step = jax.jit(task.eval_sums, in_shardings=(shardings.params, batch_sharding),
+                        out_shardings=sharding.replicated(mesh))
+
+    flops_per_step = task.flops_per_example(abstract.params) * config.batch_size
+    peak, peak_source = metrics.peak_flops_per_device(devices[0], jnp.dtype(config.dtype))
+    tracker = tracking.Tracker(config, workdir, active=primary)
+    if primary:
+      _print_summary(config, abstract, mesh_shape, train_step, flops_per_step, peak_source,
+                     compile_seconds, start_step)
+
+    stop = _StopRequest()
+    progress = _progress_bar(config, start_step, primary)
+    final = {}
+    pending = None  # (step, device metrics) of the step before: fetched while the next one runs
+    window_start, window_steps = time.perf_counter(), 0
+    last_saved = start_step if restored else None
+    try:
+      for step in range(start_step + 1, config.steps + 1):
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, step_metrics = train_step(state, batch)
+        if pending:
+          _check_finite(pending, ckpt, last_saved)
+        pending, window_steps = (step, step_metrics), window_steps + 1
+        if progress:
+          progress.update(1)
+
+        if step % config.log_every == 0 or step == config.steps:
+          host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+          seconds = (time.perf_counter() - window_start) / window_steps
+          host |= _throughput(config, seconds, flops_per_step, len(devices), peak)
+          tracker.write(step, host)
+          if progress:
+            progress.set_postfix(loss=f"{host['train/loss']:.3f}",
+                                 tok_s=f"{host['perf/tokens_per_sec']:.0f}",
+                                 mfu=f"{host['perf/mfu']:.1%}")
+          final |= host
+          window_start, window_steps = time.perf_counter(), 0
+        if config.eval_every and step % config.eval_every == 0 or step == config.steps:
+          scores = evaluate(task, eval_step, state.params, config, mesh)
+          tracker.write(step, scores)
+          final |= scores
+          if progress:
+            progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+          window_start, window_steps = time.perf_counter(), 0
+        if (config.checkpoint_every and step % config.checkpoint_every == 0
+            or step == config.steps or stop.signal):
+          _check_finite(pending, ckpt, last_saved)
+          ckpt.save(step, state, train_iter.get_state(), config.to_dict())
+          last_saved = step
+        if stop.signal:
+          ckpt.wait()
+          log.warning("%s received: saved step %d in %s; rerun the same command to resume",
+                      stop.signal, step, ckpt.directory)
+          return final
+      if pending:
+        _check_finite(pending, ckpt, last_saved)
+      ckpt.wait()
+      sample_key = jax.random.fold_in(root_key, SAMPLE_STREAM)
+      for name, text in task.finish(state.params, sample_key).items():
+        tracker.write_text(config.steps, name, text)
+        if primary:
+          print(f"\n--- {name} ---\n{text}\n", flush=True)
+      return final
+    finally:
+      stop.restore()
+      if progress:
+        progress.close()
+      tracker.close()
+      ckpt.close()
+
+
+def _check_finite(pending, ckpt, last_saved) -> None:
+  step, step_metrics = pending
+  loss = float(step_metrics["train/loss"])
+  if not math.isfinite(loss):
+    where = f"step {last_saved} in {ckpt.directory}" if last_saved is not None else "none"
+    raise NonFiniteLoss(f"loss is {loss} at step {step}; last good checkpoint: {where}. Lower "
+                        f"optim.lr, raise optim.warmup_steps, or set on_nonfinite=skip")
+
+
+def _throughput(config, step_seconds, flops_per_step, num_devices, peak) -> dict[str, float]:
+  tokens = config.batch_size * config.seq_len
+  return {"perf/step_seconds": step_seconds,
+          "perf/tokens_per_sec": tokens / step_seconds,
+          "perf/tokens_per_sec_per_device": tokens / step_seconds / num_devices,
+          "perf/mfu": metrics.mfu(flops_per_step, step_seconds, num_devices, peak)}
+
+
+def _progress_bar(config, start_step, primary):
+  if not (primary and config.tracking.progress):
+    return None
+  from tqdm import tqdm
+  return tqdm(total=config.steps, initial=start_step, desc="train", dynamic_ncols=True,
+              file=sys.stdout)
+
+
+def _print_summary(config, abstract, mesh_shape, compiled, flops_per_step, peak_source,
+                   compile_seconds, start_step) -> None:
+  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
+  tokens = config.batch_size * config.seq_len
+  memory = compiled.memory_analysis()
+  lines = [
+      f"task {config.task}: {n_params:,} parameters, {flops_per_step / tokens:.3g} train "
+      f"FLOPs/token, {tokens:,} tokens/step",
+      f"mesh {mesh_shape} on {jax.device_count()} {jax.devices()[0].platform} devices "
+      f"({jax.process_count()} process(es)); MFU against {peak_source}",
+  ]
+  if memory is not None:
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    lines.append(f"memory per device: arguments {gib(memory.argument_size_in_bytes)}, "
+                 f"temporaries {gib(memory.temp_size_in_bytes)}, "
+                 f"outputs {gib(memory.output_size_in_bytes)}")
+  lines.append(f"compiled the train step in {compile_seconds:.1f}s; "
+               + (f"resuming from step {start_step}" if start_step else "starting from step 0"))
+  print("\n".join(lines), flush=True)
+
+
+def main(argv) -> None:
+  from absl import flags
+  del argv
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  try:
+    train_and_evaluate(config, workdir)
+  except (ConfigError, NonFiniteLoss) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
+  flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and logs go here")
+  app.run(main)

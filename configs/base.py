@@ -1,0 +1,97 @@
+"""Every knob bigjax reads, one comment each. Experiment configs are small diffs of this one.
+
+The returned ConfigDict is locked by the command line loader, so a typo such as
+`--config.optim.lrr=1e-3` fails at once instead of being silently ignored.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "lm"  # objective, a key of bigjax.tasks.TASKS
+  c.steps = 1000  # optimizer updates in the whole run
+  c.batch_size = 16  # global batch, in sequences (summed over all devices and processes)
+  c.seq_len = 256  # tokens per training sequence
+  c.seed = 0  # root of every random number: params, dropout and data order
+  c.dtype = "float32"  # compute dtype; parameters and the loss stay float32 ("bfloat16" on GPU/TPU)
+  c.log_every = 50  # steps between metric logs (the progress bar updates every step)
+  c.eval_every = 500  # steps between evaluations (0 = only at the end)
+  c.eval_steps = 20  # batches per evaluation
+  c.checkpoint_every = 500  # steps between checkpoints (0 = only at the end)
+  c.keep_checkpoints = 3  # most recent checkpoints kept on disk
+  c.on_nonfinite = "stop"  # non-finite loss: "stop" names the step and last checkpoint; "skip" drops the update
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # pure data-parallel replicas (-1 = all remaining devices)
+  c.mesh.fsdp = 1  # parameter/optimizer sharding axis, also splits the batch
+  c.mesh.tensor = 1  # tensor-parallel axis: heads, MLP width and vocab are split over it
+
+  # Logical axis -> mesh axes. Parameters name logical axes; this table places them.
+  # A mesh axis already used by an earlier dimension of the same array is skipped.
+  c.sharding_rules = (
+      ("batch", ("data", "fsdp")),
+      ("vocab", "tensor"),
+      ("heads", "tensor"),
+      ("kv_heads", "tensor"),
+      ("mlp", "tensor"),
+      ("embed", "fsdp"),
+      ("head_dim", None),
+      ("layers", None),
+      ("length", None),
+      ("act_embed", None),
+  )
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "stdlib"  # "stdlib" (Python's own sources, no download), "text" (file or dir), "tfds"
+  c.data.path = ""  # text file or directory for source="text"
+  c.data.name = ""  # tfds dataset for source="tfds": "tiny_shakespeare" or "lm1b"
+  c.data.tfds_dir = ""  # tfds data_dir ("" = tfds default, ~/tensorflow_datasets)
+  c.data.tokenizer = "byte"  # "byte" (256 ids, NUL separates documents) or "sentencepiece"
+  c.data.tokenizer_path = ""  # SentencePiece model file; trained on the train split if missing
+  c.data.vocab_size = 8000  # SentencePiece vocabulary when training a new tokenizer
+  c.data.val_fraction = 0.1  # share held out for validation when the source has no split
+
+  c.model = ml_collections.ConfigDict()
+  c.model.num_layers = 4  # Transformer blocks
+  c.model.num_heads = 4  # query heads
+  c.model.num_kv_heads = 0  # key/value heads for grouped-query attention (0 = num_heads)
+  c.model.d_model = 128  # residual stream width
+  c.model.d_ff = 512  # MLP hidden width
+  c.model.max_len = 1024  # longest sequence the positions support
+  c.model.positions = "learned"  # "learned" (GPT-2) or "rope" (Llama)
+  c.model.rope_theta = 10000.0  # RoPE base frequency
+  c.model.norm = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
+  c.model.mlp = "gelu"  # "gelu" (GPT-2) or "swiglu" (Llama)
+  c.model.use_bias = True  # biases in dense layers and norms
+  c.model.tie_embeddings = True  # output projection shares the token embedding
+  c.model.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output
+  c.model.remat = "none"  # recompute in backward: "none", "full", "dots" (save matmuls), "dots_no_batch"
+  c.model.scan_layers = True  # one compiled block scanned N times (fast compile) instead of N copies
+  c.model.attention = "auto"  # jax.nn.dot_product_attention implementation: "auto", "xla", "cudnn"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"  # "adamw", "adam", "sgd" (with momentum), "adafactor", "lion"
+  c.optim.lr = 1e-3  # peak learning rate
+  c.optim.schedule = "cosine"  # after warmup: "cosine", "linear" (to the floor) or "constant"
+  c.optim.warmup_steps = 100  # linear warmup from 0 to lr
+  c.optim.min_lr_ratio = 0.1  # floor of the decay, as a fraction of lr
+  c.optim.weight_decay = 0.1  # decoupled, on matrices only (norms, biases, embeddings are skipped)
+  c.optim.clip_norm = 1.0  # global gradient norm clip (0 = off)
+  c.optim.b1 = 0.9  # first moment decay (adam, adamw, lion)
+  c.optim.b2 = 0.95  # second moment decay (adam, adamw, lion)
+  c.optim.momentum = 0.9  # sgd momentum
+  c.optim.grad_accum_steps = 1  # microbatches per update; the batch is split along its rows
+
+  c.tracking = ml_collections.ConfigDict()
+  c.tracking.wandb = "disabled"  # "disabled", "offline" (no key, no network) or "online"
+  c.tracking.project = "bigjax"  # W&B project
+  c.tracking.tensorboard = True  # write TensorBoard event files under WORKDIR/tb
+  c.tracking.progress = True  # tqdm progress bar on process 0
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompt = "def "  # text the final sample continues ("" = no sample)
+  c.sample.max_new_tokens = 200  # tokens generated after the prompt
+  c.sample.temperature = 0.8  # softmax temperature (0 = greedy)
+  c.sample.top_k = 40  # sample among the k most likely tokens (0 = all)
+  return c
