@@ -1,0 +1,45 @@
+"""Llama-style decoders: RoPE, RMSNorm, SwiGLU, no biases, untied output, grouped-query attention.
+
+    python -m bigjax.train --config=configs/llama.py:1b --workdir=runs/llama_1b
+    python scripts/aot_compile.py --config=configs/llama.py:7b --topology=v5p-64
+
+Sizes follow the published Llama 2 / Llama 3.2 shapes. The big ones shard parameters with FSDP
+over all devices and recompute activations in the backward pass.
+"""
+
+from configs import base
+
+SIZES = {  # name: (layers, heads, kv_heads, width, mlp width)
+    "tiny": (4, 4, 2, 128, 384),
+    "150m": (12, 12, 4, 768, 2048),
+    "1b": (16, 32, 8, 2048, 8192),
+    "7b": (32, 32, 32, 4096, 11008),
+    "13b": (40, 40, 40, 5120, 13824),
+    "70b": (80, 64, 8, 8192, 28672),
+}
+
+
+def get_config(size: str = "tiny"):
+  if size not in SIZES:
+    raise ValueError(f"configs/llama.py:{size} is unknown; use one of {', '.join(SIZES)}")
+  c = base.get_config()
+  layers, heads, kv_heads, width, mlp = SIZES[size]
+  m = c.model
+  m.num_layers, m.num_heads, m.num_kv_heads, m.d_model, m.d_ff = layers, heads, kv_heads, width, mlp
+  m.positions, m.norm, m.mlp = "rope", "rmsnorm", "swiglu"
+  m.use_bias, m.tie_embeddings = False, False
+  m.rope_theta = 500_000.0
+  if size == "tiny":
+    c.steps, c.batch_size, c.seq_len, m.max_len = 600, 16, 256, 256
+    return c
+  m.max_len = 4096
+  c.seq_len = 4096 if size != "150m" else 1024
+  c.dtype = "bfloat16"
+  c.batch_size = 256
+  c.steps = 100_000
+  c.optim.lr = 3e-4
+  c.optim.warmup_steps = 2000
+  c.log_every, c.eval_every, c.checkpoint_every = 100, 2000, 1000
+  c.mesh.data, c.mesh.fsdp = 1, -1  # FSDP over every device: parameters never live whole
+  m.remat = "full" if size in ("13b", "70b") else "dots_no_batch"
+  return c
