@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bigjax import checkpoint, metrics, optim, sharding, tracking
+from bigjax import checkpoint, optim, sharding, throughput, tracking
 from bigjax.config_checks import ConfigError, check_config
 from bigjax.tasks import TASKS
 
@@ -184,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                         out_shardings=sharding.replicated(mesh))
 
     flops_per_step = task.flops_per_example(abstract.params) * config.batch_size
-    peak, peak_source = metrics.peak_flops_per_device(devices[0], jnp.dtype(config.dtype))
+    peak, peak_source = throughput.peak_flops_per_device(devices[0], jnp.dtype(config.dtype))
     tracker = tracking.Tracker(config, workdir, active=primary)
     if primary:
       _print_summary(config, abstract, mesh_shape, train_step, flops_per_step, peak_source,
@@ -265,7 +265,7 @@ def _throughput(config, step_seconds, flops_per_step, num_devices, peak) -> dict
   return {"perf/step_seconds": step_seconds,
           "perf/tokens_per_sec": tokens / step_seconds,
           "perf/tokens_per_sec_per_device": tokens / step_seconds / num_devices,
-          "perf/mfu": metrics.mfu(flops_per_step, step_seconds, num_devices, peak)}
+          "perf/mfu": throughput.mfu(flops_per_step, step_seconds, num_devices, peak)}
 
 
 def _progress_bar(config, start_step, primary):

@@ -13,7 +13,7 @@ from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
 from bigjax.data import sources
 from bigjax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
-from bigjax.metrics import decoder_flops_per_token
+from bigjax.throughput import decoder_flops_per_token
 from bigjax.models import gpt
 from bigjax.models.layers import TransformerConfig
 
