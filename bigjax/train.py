@@ -299,7 +299,9 @@ def _print_summary(config, abstract, mesh_shape, compiled, flops_per_step, peak_
 
 def main(argv) -> None:
   from absl import flags
+  from absl import logging as absl_logging
   del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   try:
     train_and_evaluate(config, workdir)
