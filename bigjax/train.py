@@ -81,7 +81,7 @@ def make_train_step(task, tx, lr_schedule, config):
   return train_step
 
 
-def state_layout(task, tx, config, mesh, batch_spec):
+def state_layout(task, tx, config, mesh):
   """(abstract state with shardings, state shardings, init function), without allocating.
 
   Parameter shardings come from the logical axis names the modules attach; optimizer moments
@@ -89,7 +89,7 @@ def state_layout(task, tx, config, mesh, batch_spec):
   replicated.
   """
   def init_params(rng):
-    dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()}
+    dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in task.batch_spec(1).items()}
     return task.init(rng, dummy)["params"]
 
   boxed = jax.eval_shape(init_params, jax.random.key(0))
@@ -111,6 +111,17 @@ def state_layout(task, tx, config, mesh, batch_spec):
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   return abstract, shardings, init
+
+
+def compile_train_step(task, tx, lr_schedule, config, mesh, abstract, shardings):
+  """The train step compiled once, ahead of the first batch: explicit shardings, donated state."""
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                    for k, v in task.batch_spec(config.batch_size).items()}
+  step = jax.jit(make_train_step(task, tx, lr_schedule, config),
+                 in_shardings=(shardings, batch_sharding),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  return step.lower(abstract, batch_abstract).compile()
 
 
 def evaluate(task, eval_step, params, config, mesh) -> dict[str, float]:
@@ -152,11 +163,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   tx, lr_schedule = optim.make_optimizer(config.optim, config.steps,
                                          skip_nonfinite=config.on_nonfinite == "skip")
   root_key = jax.random.key(config.seed)
-  batch_spec = task.batch_spec(config.batch_size)
   batch_sharding = sharding.batch_sharding(mesh)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-    abstract, shardings, init = state_layout(task, tx, config, mesh, batch_spec)
+    abstract, shardings, init = state_layout(task, tx, config, mesh)
 
     # Create or restore the state, directly in its sharded layout.
     ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints)
@@ -171,14 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       init_key = jax.random.fold_in(root_key, PARAMS_STREAM)
       state = jax.jit(init, out_shardings=shardings)(init_key)
 
-    # Compile once, ahead of the first step, with explicit shardings and a donated state.
-    batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-                      for k, v in batch_spec.items()}
     compile_start = time.perf_counter()
-    train_step = jax.jit(make_train_step(task, tx, lr_schedule, config),
-                         in_shardings=(shardings, batch_sharding),
-                         out_shardings=(shardings, sharding.replicated(mesh)),
-                         donate_argnums=0).lower(abstract, batch_abstract).compile()
+    train_step = compile_train_step(task, tx, lr_schedule, config, mesh, abstract, shardings)
     compile_seconds = time.perf_counter() - compile_start
     eval_step = jax.jit(task.eval_sums, in_shardings=(shardings.params, batch_sharding),
                         out_shardings=sharding.replicated(mesh))
