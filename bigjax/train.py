@@ -308,6 +308,7 @@ def main(argv) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   try:
+    sharding.initialize_distributed(config.distributed)
     train_and_evaluate(config, workdir)
   except (ConfigError, NonFiniteLoss) as e:
     print(f"error: {e}", file=sys.stderr)

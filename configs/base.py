@@ -42,6 +42,12 @@ def get_config() -> ml_collections.ConfigDict:
       ("act_embed", None),
   )
 
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ""  # "host:port" of process 0 ("" = JAX_COORDINATOR_ADDRESS or auto-detect)
+  c.distributed.num_processes = 0  # processes in the job (0 = JAX_NUM_PROCESSES)
+  c.distributed.process_id = -1  # this process's index (-1 = JAX_PROCESS_ID)
+  c.distributed.heartbeat_seconds = 60  # a process whose peer is silent this long stops
+
   c.data = ml_collections.ConfigDict()
   c.data.source = "stdlib"  # "stdlib" (Python's own sources, no download), "text" (file or dir), "tfds"
   c.data.path = ""  # text file or directory for source="text"
