@@ -1,6 +1,7 @@
 """Checks that run before anything compiles, each failing with one line that says what to change."""
 
 import math
+import os
 
 import ml_collections
 
@@ -75,3 +76,14 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, process_co
       raise ConfigError(f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}; "
                         f"raise model.max_len or shorten seq_len")
   return shape
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir must be creatable and writable before hours of compute depend on it."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir} cannot be created ({e.strerror}); choose a "
+                      f"writable directory") from None
+  if not os.access(workdir, os.W_OK):
+    raise ConfigError(f"--workdir={workdir} is not writable; choose a writable directory")

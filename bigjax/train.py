@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from bigjax import checkpoint, optim, sharding, throughput, tracking
-from bigjax.config_checks import ConfigError, check_config
+from bigjax.config_checks import ConfigError, check_config, check_workdir
 from bigjax.tasks import TASKS
 
 log = logging.getLogger("bigjax")
@@ -156,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   devices = devices if devices is not None else jax.devices()
   primary = jax.process_index() == 0
   mesh_shape = check_config(config, len(devices), jax.process_count())
+  check_workdir(workdir)
   mesh = sharding.make_mesh(mesh_shape, devices)
   if config.task not in TASKS:
     raise ConfigError(f"task={config.task!r} is unknown; use one of {', '.join(TASKS)}")
@@ -292,10 +293,10 @@ def _print_summary(config, abstract, mesh_shape, compiled, flops_per_step, peak_
       f"({jax.process_count()} process(es)); MFU against {peak_source}",
   ]
   if memory is not None:
-    gib = lambda b: f"{b / 2**30:.2f} GiB"
-    lines.append(f"memory per device: arguments {gib(memory.argument_size_in_bytes)}, "
-                 f"temporaries {gib(memory.temp_size_in_bytes)}, "
-                 f"outputs {gib(memory.output_size_in_bytes)}")
+    size = lambda b: f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
+    lines.append(f"memory per device: arguments {size(memory.argument_size_in_bytes)}, "
+                 f"temporaries {size(memory.temp_size_in_bytes)}, "
+                 f"outputs {size(memory.output_size_in_bytes)}")
   lines.append(f"compiled the train step in {compile_seconds:.1f}s; "
                + (f"resuming from step {start_step}" if start_step else "starting from step 0"))
   print("\n".join(lines), flush=True)
