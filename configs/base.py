@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500  # steps between checkpoints (0 = only at the end)
   c.keep_checkpoints = 3  # most recent checkpoints kept on disk
   c.on_nonfinite = "stop"  # non-finite loss: "stop" names the step and last checkpoint; "skip" drops the update
+  c.init_from = ""  # fresh runs copy matching params from this workdir or checkpoint (own checkpoints win)
+  c.freeze = ""  # regex over "/"-joined param paths (e.g. "^(embed|encoder)/"): those params get no updates
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # pure data-parallel replicas (-1 = all remaining devices)
@@ -75,6 +77,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"  # recompute in backward: "none", "full", "dots" (save matmuls), "dots_no_batch"
   c.model.scan_layers = True  # one compiled block scanned N times (fast compile) instead of N copies
   c.model.attention = "auto"  # jax.nn.dot_product_attention implementation: "auto", "xla", "cudnn"
+  c.model.token_types = 0  # encoder segment embeddings (BERT with next-sentence prediction: 2)
+
+  c.mlm = ml_collections.ConfigDict()
+  c.mlm.mask_rate = 0.15  # share of tokens the masked-LM loss is taken on (80% [MASK], 10% random, 10% kept)
+  c.mlm.nsp = False  # also predict whether segment B follows segment A (needs model.token_types=2)
+
+  c.seq2seq = ml_collections.ConfigDict()
+  c.seq2seq.beam_size = 4  # eval decoding: beams kept per example (1 = greedy)
+  c.seq2seq.length_penalty = 0.6  # beam ranking divides log-prob by ((5 + length) / 6) ** this
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # "adamw", "adam", "sgd" (with momentum), "adafactor", "lion"
