@@ -1,7 +1,7 @@
 """The one training loop. Every model family runs through `train_and_evaluate`.
 
     python -m bigjax.train --config=configs/gpt_tiny.py --workdir=runs/gpt_tiny \
-        [--config.optim.lr=3e-4 ...]
+        [--config.optim.lr=3e-4 ...]  # or bare: optim.lr=3e-4 (as `wandb agent` passes them)
 
 It reads top to bottom in the order things happen: check the config, build the mesh and the task,
 work out the state's shapes and shardings, create or restore the state, compile the step, loop.
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bigjax import checkpoint, optim, sharding, throughput, tracking
+from bigjax import checkpoint, finetune, optim, sharding, sweeps, throughput, tracking
 from bigjax.config_checks import ConfigError, check_config, check_workdir
 from bigjax.tasks import TASKS
 
@@ -124,13 +124,16 @@ def compile_train_step(task, tx, lr_schedule, config, mesh, abstract, shardings)
   return step.lower(abstract, batch_abstract).compile()
 
 
-def evaluate(task, eval_step, params, config, mesh) -> dict[str, float]:
+def evaluate(task, eval_step, params, config, mesh):
+  """(scores, images): a task's summary holds numbers and may hold plots (HxWx3 uint8 arrays)."""
   local_batch = config.batch_size // jax.process_count()
   sums = None
   for local in task.eval_data(local_batch, config.eval_steps):
     batch_sums = eval_step(params, sharding.global_batch(local, mesh))
     sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
-  return {f"eval/{k}": v for k, v in task.eval_summary(jax.device_get(sums)).items()}
+  summary = {f"eval/{k}": v for k, v in task.eval_summary(jax.device_get(sums)).items()}
+  images = {k: v for k, v in summary.items() if isinstance(v, np.ndarray)}
+  return {k: v for k, v in summary.items() if k not in images}, images
 
 
 class _StopRequest:
@@ -157,12 +160,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   primary = jax.process_index() == 0
   mesh_shape = check_config(config, len(devices), jax.process_count())
   check_workdir(workdir)
+  tracking.check_wandb(config)
   mesh = sharding.make_mesh(mesh_shape, devices)
   if config.task not in TASKS:
     raise ConfigError(f"task={config.task!r} is unknown; use one of {', '.join(TASKS)}")
   task = TASKS[config.task](config, jax.process_index(), jax.process_count())
   tx, lr_schedule = optim.make_optimizer(config.optim, config.steps,
                                          skip_nonfinite=config.on_nonfinite == "skip")
+  tx = finetune.freeze(tx, config.freeze)
   root_key = jax.random.key(config.seed)
   batch_sharding = sharding.batch_sharding(mesh)
 
@@ -181,6 +186,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       start_step = 0
       init_key = jax.random.fold_in(root_key, PARAMS_STREAM)
       state = jax.jit(init, out_shardings=shardings)(init_key)
+      if config.init_from:  # only a fresh start: the run's own checkpoints win
+        state = state.replace(params=finetune.load_pretrained(state.params, abstract.params,
+                                                              config.init_from))
 
     compile_start = time.perf_counter()
     train_step = compile_train_step(task, tx, lr_schedule, config, mesh, abstract, shardings)
@@ -189,11 +197,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                         out_shardings=sharding.replicated(mesh))
 
     flops_per_step = task.flops_per_example(abstract.params) * config.batch_size
+    # Throughput counts tokens (seq_len per example) unless the task names its own unit.
+    unit, per_example = getattr(task, "throughput_unit", ("tokens", config.seq_len))
+    units_per_step = (unit, config.batch_size * per_example)
     peak, peak_source = throughput.peak_flops_per_device(devices[0], jnp.dtype(config.dtype))
-    tracker = tracking.Tracker(config, workdir, active=primary)
+    tracker = tracking.Tracker(config, workdir, active=primary, params=abstract.params)
     if primary:
       _print_summary(config, abstract, mesh_shape, train_step, flops_per_step, peak_source,
-                     compile_seconds, start_step)
+                     compile_seconds, start_step, units_per_step)
+    train_step = tracker.profiled(train_step, first_step=start_step + 1)  # config.profile_steps
 
     stop = _StopRequest()
     progress = _progress_bar(config, start_step, primary)
@@ -214,17 +226,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         if step % config.log_every == 0 or step == config.steps:
           host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
           seconds = (time.perf_counter() - window_start) / window_steps
-          host |= _throughput(config, seconds, flops_per_step, len(devices), peak)
+          host |= _throughput(units_per_step, seconds, flops_per_step, len(devices), peak)
           tracker.write(step, host)
           if progress:
-            progress.set_postfix(loss=f"{host['train/loss']:.3f}",
-                                 tok_s=f"{host['perf/tokens_per_sec']:.0f}",
-                                 mfu=f"{host['perf/mfu']:.1%}")
+            progress.set_postfix({"loss": f"{host['train/loss']:.3f}",
+                                  f"{unit}/s": f"{host[f'perf/{unit}_per_sec']:.0f}",
+                                  "mfu": f"{host['perf/mfu']:.1%}"})
           final |= host
           window_start, window_steps = time.perf_counter(), 0
         if config.eval_every and step % config.eval_every == 0 or step == config.steps:
-          scores = evaluate(task, eval_step, state.params, config, mesh)
+          scores, images = evaluate(task, eval_step, state.params, config, mesh)
           tracker.write(step, scores)
+          for name, image in images.items():
+            tracker.write_image(step, name, image)
           final |= scores
           if progress:
             progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
@@ -242,11 +256,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       if pending:
         _check_finite(pending, ckpt, last_saved)
       ckpt.wait()
+      tracker.write_checkpoint(config.steps, f"{ckpt.directory}/{config.steps}")
+      if progress:
+        progress.close()  # before the sample is printed, so the finished bar is not drawn again
       sample_key = jax.random.fold_in(root_key, SAMPLE_STREAM)
-      for name, text in task.finish(state.params, sample_key).items():
-        tracker.write_text(config.steps, name, text)
+      for name, output in task.finish(state.params, sample_key).items():
+        if isinstance(output, np.ndarray):  # an image, e.g. VAE samples
+          tracker.write_image(config.steps, name, output)
+          continue
+        tracker.write_text(config.steps, name, output)
         if primary:
-          print(f"\n--- {name} ---\n{text}\n", flush=True)
+          print(f"\n--- {name} ---\n{output}\n", flush=True)
       return final
     finally:
       stop.restore()
@@ -265,11 +285,12 @@ def _check_finite(pending, ckpt, last_saved) -> None:
                         f"optim.lr, raise optim.warmup_steps, or set on_nonfinite=skip")
 
 
-def _throughput(config, step_seconds, flops_per_step, num_devices, peak) -> dict[str, float]:
-  tokens = config.batch_size * config.seq_len
+def _throughput(units_per_step, step_seconds, flops_per_step, num_devices,
+                peak) -> dict[str, float]:
+  unit, count = units_per_step  # ("tokens", batch x seq_len) or ("examples", batch)
   return {"perf/step_seconds": step_seconds,
-          "perf/tokens_per_sec": tokens / step_seconds,
-          "perf/tokens_per_sec_per_device": tokens / step_seconds / num_devices,
+          f"perf/{unit}_per_sec": count / step_seconds,
+          f"perf/{unit}_per_sec_per_device": count / step_seconds / num_devices,
           "perf/mfu": throughput.mfu(flops_per_step, step_seconds, num_devices, peak)}
 
 
@@ -282,13 +303,13 @@ def _progress_bar(config, start_step, primary):
 
 
 def _print_summary(config, abstract, mesh_shape, compiled, flops_per_step, peak_source,
-                   compile_seconds, start_step) -> None:
+                   compile_seconds, start_step, units_per_step) -> None:
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
-  tokens = config.batch_size * config.seq_len
+  unit, count = units_per_step
   memory = compiled.memory_analysis()
   lines = [
-      f"task {config.task}: {n_params:,} parameters, {flops_per_step / tokens:.3g} train "
-      f"FLOPs/token, {tokens:,} tokens/step",
+      f"task {config.task}: {n_params:,} parameters, {flops_per_step / count:.3g} train "
+      f"FLOPs/{unit.rstrip('s')}, {count:,} {unit}/step",
       f"mesh {mesh_shape} on {jax.device_count()} {jax.devices()[0].platform} devices "
       f"({jax.process_count()} process(es)); MFU against {peak_source}",
   ]
@@ -307,7 +328,7 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  config, workdir = flags.FLAGS.config, sweeps.agent_workdir(flags.FLAGS.workdir)
   try:
     sharding.initialize_distributed(config.distributed)
     train_and_evaluate(config, workdir)
@@ -322,4 +343,4 @@ if __name__ == "__main__":
 
   config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and logs go here")
-  app.run(main)
+  app.run(main, argv=sweeps.overrides_as_flags(sys.argv))  # bare optim.lr=3e-4 overrides too

@@ -1,9 +1,13 @@
 """The one table from `config.task` to the objective the loop trains."""
 
+from bigjax.tasks.classify import ClassifyTask
 from bigjax.tasks.lm import LanguageModelTask
 from bigjax.tasks.mlm import MaskedLanguageModelTask
+from bigjax.tasks.text_classify import TextClassificationTask
 
 TASKS = {
     "lm": LanguageModelTask,
+    "classify": ClassifyTask,
     "mlm": MaskedLanguageModelTask,
+    "text_classify": TextClassificationTask,
 }

@@ -1,0 +1,98 @@
+"""Text classification with a BERT-style encoder, usually fine-tuned from a masked-LM run.
+
+    --config.init_from=runs/bert_mlm  copies `embed` and `encoder` from the pretrained run
+    --config.freeze='^(embed|encoder)/'  trains the new head alone (a linear probe)
+
+Data (`config.data`): source="stdlib" tells four standard-library packages apart from a snippet
+of their source (offline, deterministic; validation snippets come from held-out files);
+source="tfds" with name="imdb_reviews" is movie-review sentiment. Eval reports loss, accuracy,
+macro precision/recall/F1, ROC-AUC and the confusion matrix, from bigjax.metrics.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from bigjax import metrics
+from bigjax.config_checks import ConfigError
+from bigjax.data import text_tasks
+from bigjax.models import bert
+from bigjax.tasks.lm import make_tokenizer
+from bigjax.tasks.mlm import encoder_config, encoder_flops_per_example
+
+
+class TextClassificationTask:
+
+  def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
+               process_count: int = 1):
+    if config.data.source not in ("stdlib", "tfds"):
+      raise ConfigError(f"data.source={config.data.source!r}: text classification reads "
+                        f"stdlib (package families) or tfds (imdb_reviews)")
+    if config.seq_len < 3:
+      raise ConfigError(f"seq_len={config.seq_len} leaves no room for text; use at least 3")
+    self.config = config
+    self.process_index, self.process_count = process_index, process_count
+    self.tokenizer = make_tokenizer(config, process_index, process_count)
+    self.special = text_tasks.SpecialTokens(self.tokenizer.vocab_size)
+    self._splits = {}
+    self.class_names = self._examples("train").class_names
+    self.model_cfg = encoder_config(config, self.special)
+    self.model = bert.Classifier(self.model_cfg, len(self.class_names), config.model.token_types)
+
+  # The loop's interface.
+
+  def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {"inputs": jax.ShapeDtypeStruct((batch_size, self.config.seq_len), jnp.int32),
+            "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+  def init(self, rng, batch):
+    return self.model.init({"params": rng}, batch["inputs"], batch["inputs"] != self.special.pad)
+
+  def _logits(self, params, batch, rng=None, train=False):
+    return self.model.apply({"params": params}, batch["inputs"],
+                            batch["inputs"] != self.special.pad, train=train,
+                            rngs={"dropout": rng} if rng is not None else {})
+
+  def loss(self, params, batch, rng, train: bool):
+    logits_BxC = self._logits(params, batch, rng, train).astype(jnp.float32)
+    loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["labels"])
+    accuracy = (logits_BxC.argmax(-1) == batch["labels"]).mean()
+    return loss_B.mean(), {"accuracy": accuracy}
+
+  def eval_sums(self, params, batch) -> dict[str, jax.Array]:
+    logits_BxC = self._logits(params, batch)
+    return metrics.classification_sums(logits_BxC, batch["labels"],
+                                       jnp.ones(batch["labels"].shape, jnp.float32))
+
+  def eval_summary(self, sums) -> dict[str, float]:
+    return metrics.classification_summary(sums)
+
+  def train_data(self, local_batch: int, seed: int):
+    return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
+
+  def eval_data(self, local_batch: int, num_batches: int):
+    return text_tasks.eval_batches(self._examples("validation"), local_batch, num_batches,
+                                   self.config.seed)
+
+  def flops_per_example(self, params) -> float:
+    return encoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
+
+  def finish(self, params, rng) -> dict[str, str]:
+    del params, rng  # the final eval already reported every metric
+    return {}
+
+  # Data.
+
+  def _examples(self, split: str) -> text_tasks.ClassifyExamples:
+    if split not in self._splits:
+      d = self.config.data
+      args = (split, self.tokenizer, self.config.seq_len)
+      share = (self.process_index, self.process_count)
+      if d.source == "stdlib":
+        snippets, names = text_tasks.stdlib_family_snippets(*args, d.val_fraction, *share)
+      else:
+        snippets, names = text_tasks.tfds_classify_snippets(d.name, *args, d.tfds_dir, *share)
+      self._splits[split] = text_tasks.ClassifyExamples(snippets, names, self.config.seq_len,
+                                                        self.special)
+    return self._splits[split]
