@@ -51,9 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.heartbeat_seconds = 60  # a process whose peer is silent this long stops
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "stdlib"  # "stdlib" (Python's own sources, no download), "text" (file or dir), "tfds"
+  c.data.source = "stdlib"  # "stdlib" (Python's own sources, no download), "text" (file or dir), "tfds", "sklearn"
   c.data.path = ""  # text file or directory for source="text"
-  c.data.name = ""  # tfds dataset for source="tfds": "tiny_shakespeare" or "lm1b"
+  c.data.name = ""  # "tiny_shakespeare", "lm1b", "mnist", "fashion_mnist" (tfds); "digits", "diabetes" (sklearn)
   c.data.tfds_dir = ""  # tfds data_dir ("" = tfds default, ~/tensorflow_datasets)
   c.data.tokenizer = "byte"  # "byte" (256 ids, NUL separates documents) or "sentencepiece"
   c.data.tokenizer_path = ""  # SentencePiece model file; trained on the train split if missing
@@ -77,6 +77,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = "none"  # recompute in backward: "none", "full", "dots" (save matmuls), "dots_no_batch"
   c.model.scan_layers = True  # one compiled block scanned N times (fast compile) instead of N copies
   c.model.attention = "auto"  # jax.nn.dot_product_attention implementation: "auto", "xla", "cudnn"
+  c.model.name = "mlp"  # image/tabular model, a key of bigjax.models.vision.MODELS (Transformer tasks ignore it)
+  c.model.hidden = (512, 256, 128)  # MLP hidden widths (also the dense layers after a CNN's convolutions)
+  c.model.channels = (32, 64)  # CNN and autoencoder conv channels; each conv halves height and width
+  c.model.patch_size = 2  # ViT square patch side, in pixels
+  c.model.latent = 16  # autoencoder and VAE code width
   c.model.token_types = 0  # encoder segment embeddings (BERT with next-sentence prediction: 2)
 
   c.mlm = ml_collections.ConfigDict()
