@@ -341,6 +341,8 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
+  # Bare optim.lr=3e-4 arguments override the config too; config_flags reads sys.argv itself.
+  sys.argv = sweeps.overrides_as_flags(sys.argv)
   config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and logs go here")
-  app.run(main, argv=sweeps.overrides_as_flags(sys.argv))  # bare optim.lr=3e-4 overrides too
+  app.run(main)

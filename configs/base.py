@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0  # root of every random number: params, dropout and data order
   c.dtype = "float32"  # compute dtype; parameters and the loss stay float32 ("bfloat16" on GPU/TPU)
   c.log_every = 50  # steps between metric logs (the progress bar updates every step)
+  c.profile_steps = ""  # "FIRST,LAST": jax.profiler trace of those steps into WORKDIR/profile ("" = off)
   c.eval_every = 500  # steps between evaluations (0 = only at the end)
   c.eval_steps = 20  # batches per evaluation
   c.checkpoint_every = 500  # steps between checkpoints (0 = only at the end)
@@ -108,6 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.tracking = ml_collections.ConfigDict()
   c.tracking.wandb = "disabled"  # "disabled", "offline" (no key, no network) or "online"
   c.tracking.project = "bigjax"  # W&B project
+  c.tracking.wandb_checkpoint = False  # upload the final checkpoint to W&B as a model artifact
   c.tracking.tensorboard = True  # write TensorBoard event files under WORKDIR/tb
   c.tracking.progress = True  # tqdm progress bar on process 0
 
