@@ -7,7 +7,7 @@ Then fine-tune it to tell stdlib packages apart (see configs/bert_classify.py):
     python -m bigjax.train --config=configs/bert_classify.py --workdir=runs/bert_classify \
         --config.init_from=runs/bert_mlm
 
-Variant `:nsp` adds next-sentence prediction with segment embeddings. No download needed.
+Trains in a few minutes on a 2-core CPU. Variant `:nsp` adds next-sentence prediction with segment embeddings. No download needed.
 """
 
 from configs import base
@@ -16,14 +16,14 @@ from configs import base
 def get_config(variant: str = ""):
   c = base.get_config()
   c.task = "mlm"
-  c.steps = 600
-  c.batch_size = 32
+  c.steps = 400
+  c.batch_size = 16
   c.seq_len = 128
   c.log_every = 50
   c.eval_every = 200
   c.eval_steps = 10
   c.checkpoint_every = 200
-  c.model.num_layers = 4
+  c.model.num_layers = 2
   c.model.num_heads = 4
   c.model.d_model = 128
   c.model.d_ff = 512
@@ -31,7 +31,6 @@ def get_config(variant: str = ""):
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 50
   c.optim.b2 = 0.98
-  c.sample.prompt = ""  # an encoder does not generate
   if variant == "nsp":
     c.mlm.nsp = True
     c.model.token_types = 2

@@ -238,7 +238,6 @@ def _addition(rng, n: int) -> tuple[str, str]:
 # Algorithmic tasks: rng, longest source -> (source, target) strings.
 ALGORITHMIC: dict[str, Callable[[np.random.Generator, int], tuple[str, str]]] = {
     "reverse": _reverse, "sort": _sort, "addition": _addition}
-TFDS_TRANSLATION = {"wmt14_translate/de-en": ("de", "en"), "wmt14_translate/fr-en": ("fr", "en")}
 
 
 class Seq2SeqExamples:
@@ -279,19 +278,3 @@ def algorithmic_pairs(name: str, seq_len: int, seed: int) -> Callable[[int], tup
     raise ConfigError(f"seq_len={seq_len} is too short for an algorithmic task; use at least 4")
   make = ALGORITHMIC[name]
   return lambda i: make(np.random.default_rng([seed, i]), seq_len - 1)
-
-
-def tfds_translation_pairs(name: str, split: str, tfds_dir: str, process_index: int = 0,
-                           process_count: int = 1):
-  """(pair(i), count) over this process's share of a tfds translation split."""
-  import tensorflow_datasets as tfds
-
-  if name not in TFDS_TRANSLATION:
-    raise ConfigError(f"data.name={name!r} is not a known translation dataset; use one of "
-                      f"{', '.join(TFDS_TRANSLATION)}")
-  src_key, tgt_key = TFDS_TRANSLATION[name]
-  source = tfds.data_source(name, split="test" if split == "validation" else split,
-                            data_dir=tfds_dir or None, download=True)
-  index = sources.process_share(range(len(source)), process_index, process_count)
-  decode = lambda i, key: source[index[i]][key].decode("utf-8", errors="replace")
-  return (lambda i: (decode(i, src_key), decode(i, tgt_key))), len(index)
