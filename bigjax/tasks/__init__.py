@@ -3,6 +3,7 @@
 from bigjax.tasks.classify import ClassifyTask
 from bigjax.tasks.lm import LanguageModelTask
 from bigjax.tasks.mlm import MaskedLanguageModelTask
+from bigjax.tasks.seq2seq import Seq2SeqTask
 from bigjax.tasks.text_classify import TextClassificationTask
 
 TASKS = {
@@ -10,4 +11,5 @@ TASKS = {
     "classify": ClassifyTask,
     "mlm": MaskedLanguageModelTask,
     "text_classify": TextClassificationTask,
+    "seq2seq": Seq2SeqTask,
 }
