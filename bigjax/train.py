@@ -10,6 +10,7 @@ work out the state's shapes and shardings, create or restore the state, compile 
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -335,6 +336,13 @@ def main(argv) -> None:
   except (ConfigError, NonFiniteLoss) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    reason = str(e).splitlines()[0][:300]
+    print(f"error: process {jax.process_index()} lost a peer ({reason}); restart every process "
+          f"with the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
+    os._exit(3)  # skip JAX's exit barrier: it would wait for the dead peer, then abort noisily
 
 
 if __name__ == "__main__":
