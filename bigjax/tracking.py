@@ -227,4 +227,5 @@ def _start_wandb(config, workdir, info):
     with open(id_file, "w") as f:
       f.write(run_id)
   return wandb.init(project=config.tracking.project, id=run_id, resume="allow",
-                    mode=config.tracking.wandb, dir=workdir, config=flatten(config) | info)
+                    mode=config.tracking.wandb, dir=workdir, config=flatten(config) | info,
+                    settings=wandb.Settings(quiet=True))  # the run's address, not a summary table
