@@ -1,0 +1,84 @@
+"""Shared test setup: 8 emulated CPU devices, offline tracking, and a tiny LM config.
+
+XLA reads its flags once, when JAX first starts a backend, so they are set here, before any test
+module imports jax. Every test process sees 8 CPU devices, and tests pick `jax.devices()[:1]` or
+all 8 to compare layouts within one process. The suite compiles dozens of tiny programs, and
+LLVM's optimisation passes would take about 80% of each compile while saving nothing at this
+size, so they are off (optimisation level 0 changes speed, not what the programs compute).
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join([
+    os.environ.get("XLA_FLAGS", ""),
+    "--xla_force_host_platform_device_count=8",
+    "--xla_backend_optimization_level=0",
+]).strip()
+os.environ["WANDB_MODE"] = "offline"  # W&B never reaches the network from a test
+os.environ["WANDB_SILENT"] = "true"
+
+import pathlib
+import sysconfig
+
+import pytest
+
+from configs import base
+
+# A few real stdlib modules: English comments and Python code, the same on every Python 3.11.
+CORPUS_FILES = ("json/encoder.py", "json/decoder.py", "textwrap.py", "bisect.py")
+
+
+@pytest.fixture(scope="session")
+def corpus_path(tmp_path_factory) -> str:
+  """A ~40 kB text file: big enough for train and validation windows, small enough to read fast."""
+  stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  text = "\n".join((stdlib / name).read_text(encoding="utf-8") for name in CORPUS_FILES)
+  path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+  path.write_text(text, encoding="utf-8")
+  return str(path)
+
+
+def tiny_config(corpus: str, **overrides):
+  """A 2-layer, width-32 byte-level GPT on `corpus` that compiles and steps in moments.
+
+  `overrides` take dotted keys as on the command line: tiny_config(p, **{"optim.lr": 1.0}).
+  """
+  c = base.get_config()
+  c.steps = 4
+  c.batch_size = 8
+  c.seq_len = 32
+  c.log_every = 1
+  c.eval_every = 0
+  c.eval_steps = 2
+  c.checkpoint_every = 0
+  c.data.source = "text"
+  c.data.path = corpus
+  c.model.num_layers = 2
+  c.model.num_heads = 4
+  c.model.d_model = 32
+  c.model.d_ff = 64
+  c.model.max_len = 64
+  c.optim.lr = 3e-3
+  c.optim.warmup_steps = 2
+  c.tracking.tensorboard = False
+  c.tracking.progress = False
+  c.sample.prompt = ""
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  c.lock()
+  return c
+
+
+@pytest.fixture(scope="session")
+def make_config(corpus_path):
+  """make_config(**overrides) -> a locked tiny LM config (see `tiny_config`)."""
+  return lambda **overrides: tiny_config(corpus_path, **overrides)
+
+
+@pytest.fixture
+def workdir(tmp_path) -> str:
+  return str(tmp_path / "workdir")
