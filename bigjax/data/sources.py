@@ -68,7 +68,11 @@ def _tfds_documents(split: str, data: ml_collections.ConfigDict, share,
   tfds_split = "test" if split == "validation" and data.name == "lm1b" else split
   source = tfds.data_source(data.name, split=tfds_split, data_dir=data.tfds_dir or None,
                             download=True)
-  decode = lambda record: record[feature].decode("utf-8")
+
+  def decode(record) -> str:
+    text = record[feature]  # bytes as stored; tfds.testing.mock_data hands out str
+    return text.decode("utf-8") if isinstance(text, bytes) else text
+
   indices = list(range(len(source)))
   if len(indices) < process_count:  # e.g. tiny_shakespeare: one record per split
     return share([decode(source[i]) for i in indices])

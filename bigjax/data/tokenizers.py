@@ -48,6 +48,9 @@ class SentencePieceTokenizer:
         sentence_iterator=lines, model_prefix=model_path.removesuffix(".model"),
         vocab_size=vocab_size, model_type="bpe", character_coverage=1.0, byte_fallback=True,
         pad_id=-1, unk_id=0, bos_id=-1, eos_id=1, minloglevel=2,
+        # Keep text as written: the default NFKC rule and space folding would lose indentation
+        # and newlines, so decode(encode(text)) would not give the text back.
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
         input_sentence_size=2_000_000, shuffle_input_sentence=True)
 
   def encode(self, text: str) -> np.ndarray:
