@@ -83,7 +83,7 @@ def _drop_empty(tree):
   """Removes None leaves and the dicts they leave empty."""
   if isinstance(tree, dict):
     kept = {k: _drop_empty(v) for k, v in tree.items()}
-    return {k: v for k, v in kept.items() if v is not None and v != {}}
+    return {k: v for k, v in kept.items() if v is not None and not (isinstance(v, dict) and not v)}
   return tree
 
 
