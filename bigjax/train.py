@@ -71,9 +71,9 @@ def make_train_step(task, tx, lr_schedule, config):
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    out = {"train/loss": loss, "train/grad_norm": optax.global_norm(grads),
-           "train/param_norm": optax.global_norm(params),
-           "train/update_norm": optax.global_norm(updates), "train/lr": lr_schedule(state.step),
+    out = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
+           "train/param_norm": optax.tree.norm(params),
+           "train/update_norm": optax.tree.norm(updates), "train/lr": lr_schedule(state.step),
            **{f"train/{k}": v for k, v in aux.items()}}
     if isinstance(opt_state, optax.ApplyIfFiniteState):
       out["train/skipped_steps"] = opt_state.total_notfinite
