@@ -37,10 +37,14 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
 
 
 class Checkpointer:
-  def __init__(self, directory: str, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, keep: int, async_save: bool = True,
+               best_metric: str = "", best_mode: str = "max"):
+    """With `best_metric`, the `keep` steps kept are the best by it, not the newest."""
     self.directory = os.path.abspath(directory)
+    best_fn = (lambda metrics: metrics[best_metric]) if best_metric else None
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           best_fn=best_fn, best_mode=best_mode)
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -49,10 +53,15 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state, data_state: dict, config: dict) -> None:
+  def save(self, step: int, state, data_state: dict, config: dict,
+           metrics: dict[str, float] | None = None) -> None:
+    """`metrics` are stored beside the step; with `best_metric` they must include it."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config)), force=True)
+        config=ocp.args.JsonSave(config)), metrics=metrics, force=True)
+
+  def metrics(self, step: int) -> dict[str, float] | None:
+    return self._manager.metrics(step)
 
   def restore(self, abstract_state):
     """(step, state, data_state) from the newest readable checkpoint, or None if there is none.

@@ -137,6 +137,59 @@ def evaluate(task, eval_step, params, config, mesh):
   return {k: v for k, v in summary.items() if k not in images}, images
 
 
+class BestCheckpoint:
+  """The best evaluation so far by `config.early_stop.metric`, with its checkpoint in
+  WORKDIR/best, and early stopping after `patience` evaluations in a row without improvement.
+
+  Both survive a restart: the best step and score are read back from WORKDIR/best, and the
+  evaluations since the best one are counted up to the step the run resumes from.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, start_step: int):
+    es = config.early_stop
+    self.metric, self.mode, self.patience = es.metric, es.mode, es.patience
+    self.best = self.best_step = self.ckpt = None
+    self.stale = 0  # evaluations since the best one
+    if not self.metric:
+      return
+    if self.mode not in ("max", "min"):
+      raise ConfigError(f"early_stop.mode={self.mode!r}; use 'max' or 'min'")
+    if self.patience and not config.eval_every:
+      raise ConfigError("early_stop.patience needs evaluations during training; set eval_every")
+    self.ckpt = checkpoint.Checkpointer(f"{workdir}/best", keep=1, best_metric=self.metric,
+                                        best_mode=self.mode)
+    if self.ckpt.steps():
+      self.best_step = self.ckpt.steps()[-1]
+      self.best = self.ckpt.metrics(self.best_step)[self.metric]
+      self.stale = max(0, start_step // config.eval_every - self.best_step // config.eval_every)
+
+  @property
+  def exhausted(self) -> bool:
+    return bool(self.patience) and self.stale >= self.patience
+
+  def update(self, step: int, scores: dict, state, data_state: dict, config: dict) -> bool:
+    """Records one evaluation, saving the state if it is the best; True when it is time to stop."""
+    if not self.metric:
+      return False
+    if self.metric not in scores:
+      raise ConfigError(f"early_stop.metric={self.metric!r} is not reported by this task; use "
+                        f"one of {', '.join(scores)}")
+    value = scores[self.metric]
+    if step == self.best_step:  # a resumed run evaluating its best step again
+      return self.exhausted
+    if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+      self.best, self.best_step, self.stale = value, step, 0
+      self.ckpt.save(step, state, data_state, config, metrics={self.metric: value})
+    else:
+      self.stale += 1
+    return self.exhausted
+
+  def close(self) -> None:
+    if self.ckpt:
+      self.ckpt.wait()
+      self.ckpt.close()
+
+
 class _StopRequest:
   """SIGTERM/SIGINT (preemption, Ctrl-C) set a flag; the loop saves and exits at the next step."""
 
@@ -191,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         state = state.replace(params=finetune.load_pretrained(state.params, abstract.params,
                                                               config.init_from))
 
+    best = BestCheckpoint(config, workdir, start_step)
     compile_start = time.perf_counter()
     train_step = compile_train_step(task, tx, lr_schedule, config, mesh, abstract, shardings)
     compile_seconds = time.perf_counter() - compile_start
@@ -215,7 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     window_start, window_steps = time.perf_counter(), 0
     last_saved = start_step if restored else None
     try:
-      for step in range(start_step + 1, config.steps + 1):
+      early_stop = best.exhausted  # a rerun of a run that already stopped early does not train
+      for step in range(start_step + 1, start_step if early_stop else config.steps + 1):
         batch = sharding.global_batch(next(train_iter), mesh)
         state, step_metrics = train_step(state, batch)
         if pending:
@@ -241,11 +296,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           for name, image in images.items():
             tracker.write_image(step, name, image)
           final |= scores
+          early_stop = best.update(step, scores, state, train_iter.get_state(), config.to_dict())
           if progress:
             progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
           window_start, window_steps = time.perf_counter(), 0
         if (config.checkpoint_every and step % config.checkpoint_every == 0
-            or step == config.steps or stop.signal):
+            or step == config.steps or stop.signal or early_stop):
           _check_finite(pending, ckpt, last_saved)
           ckpt.save(step, state, train_iter.get_state(), config.to_dict())
           last_saved = step
@@ -254,18 +310,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
           log.warning("%s received: saved step %d in %s; rerun the same command to resume",
                       stop.signal, step, ckpt.directory)
           return final
+        if early_stop:
+          if progress:
+            progress.write(f"early stop at step {step}: {best.metric} has not improved for "
+                           f"{best.stale} evaluations; the best, {best.best:.4f} at step "
+                           f"{best.best_step}, is in {best.ckpt.directory}")
+          break
+      if best.metric:
+        final |= {f"best/{best.metric}": best.best, "best/step": best.best_step}
       if pending:
         _check_finite(pending, ckpt, last_saved)
       ckpt.wait()
-      tracker.write_checkpoint(config.steps, f"{ckpt.directory}/{config.steps}")
+      tracker.write_checkpoint(last_saved, f"{ckpt.directory}/{last_saved}")
       if progress:
         progress.close()  # before the sample is printed, so the finished bar is not drawn again
       sample_key = jax.random.fold_in(root_key, SAMPLE_STREAM)
       for name, output in task.finish(state.params, sample_key).items():
         if isinstance(output, np.ndarray):  # an image, e.g. VAE samples
-          tracker.write_image(config.steps, name, output)
+          tracker.write_image(last_saved, name, output)
           continue
-        tracker.write_text(config.steps, name, output)
+        tracker.write_text(last_saved, name, output)
         if primary:
           print(f"\n--- {name} ---\n{output}\n", flush=True)
       return final
@@ -275,6 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         progress.close()
       tracker.close()
       ckpt.close()
+      best.close()
 
 
 def _check_finite(pending, ckpt, last_saved) -> None:

@@ -45,6 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
       ("act_embed", None),
   )
 
+  c.early_stop = ml_collections.ConfigDict()
+  c.early_stop.metric = ""  # eval metric (e.g. "eval/accuracy") whose best step is kept in WORKDIR/best ("" = off)
+  c.early_stop.mode = "max"  # "max" or "min": which way the metric improves
+  c.early_stop.patience = 0  # stop after this many evaluations without improvement (0 = never stop early)
+
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator = ""  # "host:port" of process 0 ("" = JAX_COORDINATOR_ADDRESS or auto-detect)
   c.distributed.num_processes = 0  # processes in the job (0 = JAX_NUM_PROCESSES)
