@@ -4,7 +4,7 @@
 
 2x2 patches make 16 tokens of width 64; 4 pre-norm encoder blocks (BERT's, without a mask), then
 the mean token goes to the 10-way head. Transformers want more data than 1437 images, so dropout
-and more steps than the MLP: expect about 96% test accuracy.
+and more steps than the MLP (measured: 92% test accuracy after 600 of the 2000 steps).
 """
 
 from configs import digits_mlp

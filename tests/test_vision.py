@@ -102,6 +102,20 @@ def test_eval_counts_every_test_example_once(process_count):
   assert sorted(seen) == sorted(expected)
 
 
+def test_tfds_mnist_examples_under_mock_data():
+  import tensorflow_datasets as tfds
+
+  config = digits_mlp.get_config()
+  config.data.source, config.data.name = "tfds", "mnist"
+  with tfds.testing.mock_data(num_examples=20):  # never reaches the network
+    test = arrays.examples(config.data, "test")
+    batches = list(arrays.eval_batches(test, 8, 0, 1))
+  assert len(batches) == 3 and batches[-1]["weight"].sum() == 4
+  image = batches[0]["image"]
+  assert image.shape == (8, 28, 28, 1) and image.dtype == np.float32
+  assert 0 <= image.min() and image.max() <= 1
+
+
 def test_digits_split_is_fixed_and_disjoint():
   config = digits_mlp.get_config()
   train_images = {x["image"].tobytes() for x in arrays.examples(config.data, "train")}
