@@ -83,6 +83,7 @@ def test_beam_search_finds_the_best_sequence():
 def test_seq2seq_runs_through_the_loop(make_config, workdir, num_devices):
   config = make_config(task="seq2seq", seq_len=8, **{
       "data.source": "synthetic", "data.name": "reverse", "model.max_len": 8,
-      "seq2seq.beam_size": 2 if num_devices == 8 else 1, "eval_steps": 1})
+      "seq2seq.beam_size": 2 if num_devices == 8 else 1, "eval_steps": 1,
+      "model.num_layers": 1})
   final = train_and_evaluate(config, workdir, devices=jax.devices()[:num_devices])
   assert np.isfinite(final["train/loss"]) and 0 <= final["eval/exact_match"] <= 1
