@@ -344,6 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
 def _check_finite(pending, ckpt, last_saved) -> None:
   step, step_metrics = pending
+  if "train/skipped_steps" in step_metrics:  # on_nonfinite=skip: such an update was dropped
+    return
   loss = float(step_metrics["train/loss"])
   if not math.isfinite(loss):
     where = f"step {last_saved} in {ckpt.directory}" if last_saved is not None else "none"

@@ -17,6 +17,7 @@ os.environ["XLA_FLAGS"] = " ".join([
 os.environ["WANDB_MODE"] = "offline"  # W&B never reaches the network from a test
 os.environ["WANDB_SILENT"] = "true"
 
+import json
 import pathlib
 import sysconfig
 
@@ -82,3 +83,43 @@ def make_config(corpus_path):
 @pytest.fixture
 def workdir(tmp_path) -> str:
   return str(tmp_path / "workdir")
+
+
+@pytest.fixture(scope="session")
+def read_checkpoint():
+  """read_checkpoint(config, workdir) -> (step, TrainState) of the newest checkpoint, on 1 device.
+
+  Whatever mesh wrote it, it is read into a one-device layout, so runs on different meshes compare.
+  """
+  import flax.linen as nn
+  import jax
+
+  from bigjax import checkpoint, optim, sharding, train
+  from bigjax.tasks import TASKS
+
+  def read(config, workdir):
+    task = TASKS[config.task](config)
+    tx, _ = optim.make_optimizer(config.optim, config.steps,
+                                 skip_nonfinite=config.on_nonfinite == "skip")
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+      abstract, _, _ = train.state_layout(task, tx, config, mesh)
+    ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints)
+    try:
+      step, state, _ = ckpt.restore(abstract)
+    finally:
+      ckpt.close()
+    return step, state
+
+  return read
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def metrics_of():
+  """metrics_of(workdir) -> the rows of WORKDIR/metrics.jsonl, in the order they were written."""
+  return read_metrics
