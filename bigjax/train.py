@@ -412,6 +412,24 @@ def main(argv) -> None:
     os._exit(3)  # skip JAX's exit barrier: it would wait for the dead peer, then abort noisily
 
 
+def _parse_flags(argv):
+  """absl's parsing, with a bad flag or config override reported in one line, not a traceback."""
+  from absl import flags
+  try:
+    argv = flags.FLAGS(argv)
+    flags.FLAGS.config.task  # config_flags loads the file lazily: fail here, not mid-run
+    return argv
+  except Exception as e:  # config_flags raises KeyError/TypeError/ValueError/OSError as it goes
+    detail = e.__cause__ or e
+    while isinstance(detail, KeyError) and detail.args:  # a KeyError's str() is its repr
+      detail = detail.args[0]
+    text = str(detail).replace("\\n", "\n").replace("\\'", "'")  # undo repr() escapes
+    text = text[1:-1] if text[:1] == text[-1:] == "'" else text
+    print("error: " + "; ".join(line.strip() for line in str(text).splitlines() if line.strip()),
+          file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
@@ -420,4 +438,4 @@ if __name__ == "__main__":
   sys.argv = sweeps.overrides_as_flags(sys.argv)
   config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and logs go here")
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from bigjax.config_checks import ConfigError
+
 Cache = dict[str, jax.Array]  # {"k": BxSxGxK, "v": BxSxGxK} for one layer (NxBxSxGxK when scanned)
 
 
@@ -222,7 +224,8 @@ def stack_layers(block_cls, cfg: TransformerConfig, num_broadcast_args: int):
   """
   if cfg.remat != "none":
     if cfg.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat={cfg.remat!r}; use one of none, {', '.join(REMAT_POLICIES)}")
+      raise ConfigError(f"model.remat={cfg.remat!r}; use one of none, "
+                        f"{', '.join(REMAT_POLICIES)}")
     block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat],
                          prevent_cse=not cfg.scan_layers)
   if not cfg.scan_layers:

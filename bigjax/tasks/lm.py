@@ -43,6 +43,7 @@ class LanguageModelTask:
                process_count: int = 1):
     self.config = config
     self.process_index, self.process_count = process_index, process_count
+    sources.check_source(config.data)
     self.tokenizer = make_tokenizer(config, process_index, process_count)
     self.model_cfg = TransformerConfig.from_config(config, self.tokenizer.vocab_size)
     self.model = gpt.Decoder(self.model_cfg)
