@@ -1,5 +1,6 @@
 """Throughput accounting: model FLOPs per token, device peak FLOP/s and MFU."""
 
+import functools
 import time
 
 import jax
@@ -32,8 +33,12 @@ def decoder_flops_per_token(non_embedding_params: int, num_layers: int, seq_len:
   return 6 * non_embedding_params + attention
 
 
+@functools.cache
 def measured_matmul_peak(dtype=jnp.float32, n: int = 1024, reps: int = 10) -> float:
-  """FLOP/s of a large matmul on device 0: the stand-in peak for devices not in the table."""
+  """FLOP/s of a large matmul on device 0: the stand-in peak for devices not in the table.
+
+  Measured once per process and dtype, so repeated runs in one process report against one peak.
+  """
   x = jnp.ones((n, n), dtype)
   f = jax.jit(lambda a: a @ a)
   f(x).block_until_ready()
