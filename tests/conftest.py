@@ -14,6 +14,7 @@ os.environ["XLA_FLAGS"] = " ".join([
     "--xla_force_host_platform_device_count=8",
     "--xla_backend_optimization_level=0",
 ]).strip()
+os.environ["JAX_PLATFORMS"] = "cpu"  # the tests' devices, even where a GPU or libtpu is present
 os.environ["WANDB_MODE"] = "offline"  # W&B never reaches the network from a test
 os.environ["WANDB_SILENT"] = "true"
 
