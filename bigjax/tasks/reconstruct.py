@@ -14,30 +14,23 @@ import optax
 
 from bigjax import plots
 from bigjax.config_checks import ConfigError
-from bigjax.data import arrays
 from bigjax.models import vision
-from bigjax.tasks.classify import training_flops
+from bigjax.tasks.examples import ExamplesTask
 
 AUTOENCODERS = ("autoencoder", "vae")
 EVAL_NOISE_SEED = 0  # eval draws the same VAE codes every time, so evals compare
 GRID_IMAGES = 32  # test images reconstructed, and codes sampled, for the final image grids
 
 
-class ReconstructTask:
+class ReconstructTask(ExamplesTask):
   """Autoencoder/VAE on (image, label, weight) batches; labels are carried but never read."""
-
-  throughput_unit = ("examples", 1)  # the loop counts examples, not tokens
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
-    self.config = config
-    self.process_index, self.process_count = process_index, process_count
     if config.model.name not in AUTOENCODERS:
       raise ConfigError(f"model.name={config.model.name!r}: reconstruction uses one of "
                         f"{', '.join(AUTOENCODERS)}")
-    arrays.check_source(config.data, "classes")  # an image dataset
-    self.train_examples = arrays.examples(config.data, "train")
-    self.test_examples = arrays.examples(config.data, "test")
+    super().__init__(config, process_index, process_count, kind="classes")
     image_shape = self.train_examples[0]["image"].shape
     shrink = 2 ** len(config.model.channels)
     if any(s % shrink for s in image_shape[:2]):
@@ -93,18 +86,6 @@ class ReconstructTask:
     reconstruction, kl = float(sums["reconstruction"]) / n, float(sums["kl"]) / n
     return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
 
-  def train_data(self, local_batch: int, seed: int):
-    return arrays.train_dataset(self.train_examples, local_batch, seed, self.process_index,
-                                self.process_count)
-
-  def eval_data(self, local_batch: int, num_batches: int):
-    """The whole test split every time (`num_batches` is not used): each example counts once."""
-    del num_batches
-    return arrays.eval_batches(self.test_examples, local_batch, self.process_index,
-                               self.process_count)
-
-  def flops_per_example(self, params) -> float:
-    return training_flops(self.model, params, self.model_cfg.input_shape)
 
   def finish(self, params, rng) -> dict[str, np.ndarray]:
     """Image grids: test images (odd rows) above their reconstructions, and VAE samples."""

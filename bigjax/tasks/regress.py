@@ -12,25 +12,18 @@ import numpy as np
 
 from bigjax import metrics
 from bigjax.config_checks import ConfigError
-from bigjax.data import arrays
 from bigjax.models import vision
-from bigjax.tasks.classify import training_flops
+from bigjax.tasks.examples import ExamplesTask
 
 
-class RegressTask:
+class RegressTask(ExamplesTask):
   """Weighted MSE on (features, target, weight) batches; padding rows have weight 0."""
-
-  throughput_unit = ("examples", 1)  # the loop counts examples, not tokens
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
-    self.config = config
-    self.process_index, self.process_count = process_index, process_count
     if config.model.name != "mlp":
       raise ConfigError(f"model.name={config.model.name!r}: regression uses model.name='mlp'")
-    arrays.check_source(config.data, "target")
-    self.train_examples = arrays.examples(config.data, "train")
-    self.test_examples = arrays.examples(config.data, "test")
+    super().__init__(config, process_index, process_count, kind="target")
     targets = np.array([self.train_examples[i]["target"] for i in range(len(self.train_examples))])
     self.target_mean, self.target_std = float(targets.mean()), float(targets.std())
     num_features = self.train_examples[0]["features"].shape
@@ -67,18 +60,3 @@ class RegressTask:
   def eval_summary(self, sums) -> dict[str, float]:
     return metrics.regression_summary(sums)
 
-  def train_data(self, local_batch: int, seed: int):
-    return arrays.train_dataset(self.train_examples, local_batch, seed, self.process_index,
-                                self.process_count)
-
-  def eval_data(self, local_batch: int, num_batches: int):
-    """The whole test split every time (`num_batches` is not used): each example counts once."""
-    del num_batches
-    return arrays.eval_batches(self.test_examples, local_batch, self.process_index,
-                               self.process_count)
-
-  def flops_per_example(self, params) -> float:
-    return training_flops(self.model, params, self.model_cfg.input_shape)
-
-  def finish(self, params, rng) -> dict:
-    return {}
