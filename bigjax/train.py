@@ -264,6 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     stop = _StopRequest()
     progress = _progress_bar(config, start_step, primary)
+    # Lines for the console: through the bar when there is one, so it is not torn; process 0 only.
+    say = progress.write if progress else (print if primary else lambda text: None)
     final = {}
     pending = None  # (step, device metrics) of the step before: fetched while the next one runs
     window_start, window_steps = time.perf_counter(), 0
@@ -297,8 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
             tracker.write_image(step, name, image)
           final |= scores
           early_stop = best.update(step, scores, state, train_iter.get_state(), config.to_dict())
-          if progress:
-            progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+          say(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
           window_start, window_steps = time.perf_counter(), 0
         if (config.checkpoint_every and step % config.checkpoint_every == 0
             or step == config.steps or stop.signal or early_stop):
@@ -311,10 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                       stop.signal, step, ckpt.directory)
           return final
         if early_stop:
-          if progress:
-            progress.write(f"early stop at step {step}: {best.metric} has not improved for "
-                           f"{best.stale} evaluations; the best, {best.best:.4f} at step "
-                           f"{best.best_step}, is in {best.ckpt.directory}")
+          say(f"early stop at step {step}: {best.metric} has not improved for {best.stale} "
+              f"evaluations; the best, {best.best:.4f} at step {best.best_step}, is in "
+              f"{best.ckpt.directory}")
           break
       if best.metric:
         final |= {f"best/{best.metric}": best.best, "best/step": best.best_step}
