@@ -278,3 +278,31 @@ def algorithmic_pairs(name: str, seq_len: int, seed: int) -> Callable[[int], tup
     raise ConfigError(f"seq_len={seq_len} is too short for an algorithmic task; use at least 4")
   make = ALGORITHMIC[name]
   return lambda i: make(np.random.default_rng([seed, i]), seq_len - 1)
+
+
+# Translation: tfds name -> (source language, target language), the keys of its Translation feature.
+TFDS_TRANSLATION_DATASETS = {"wmt14_translate/de-en": ("de", "en"),
+                             "wmt_t2t_translate/de-en": ("de", "en")}
+
+
+def tfds_translation_pairs(name: str, split: str, tfds_dir: str):
+  """(pair i of the split as (source, target) text, number of pairs), read by index on demand.
+
+  Nothing is read ahead: WMT's train split holds millions of pairs, and grain asks for a record only
+  when its batch is built.
+  """
+  import tensorflow_datasets as tfds  # imported here: the offline default needs no tfds
+  import tensorflow_datasets.translate  # noqa: F401  (registers the WMT builders; tfds defers it)
+
+  if name not in TFDS_TRANSLATION_DATASETS:
+    raise ConfigError(f"data.name={name!r} is not a known translation dataset; use one of "
+                      f"{', '.join(TFDS_TRANSLATION_DATASETS)}")
+  source_lang, target_lang = TFDS_TRANSLATION_DATASETS[name]
+  records = tfds.data_source(name, split=split, data_dir=tfds_dir or None, download=True)
+  text = lambda value: value.decode("utf-8") if isinstance(value, bytes) else value  # mock: str
+
+  def pair(i: int) -> tuple[str, str]:
+    record = records[i]
+    return text(record[source_lang]), text(record[target_lang])
+
+  return pair, len(records)

@@ -1,40 +1,56 @@
 """Sequence to sequence with an encoder-decoder Transformer, trained by teacher forcing.
 
-Data (`config.data`): source="synthetic" with name="reverse", "sort" or "addition" generates
-digit-string pairs on the fly (offline, endless, deterministic in the index); eval decodes with
-beam search (`config.seq2seq.beam_size`, 1 = greedy) and reports exact match, the share of
-outputs equal to the target. Eval also reports teacher-forced loss and token accuracy.
+Data (`config.data`):
+  source="synthetic", name="reverse", "sort" or "addition": digit-string pairs generated on the
+    fly (offline, endless, deterministic in the index), one byte token per character.
+  source="tfds", name="wmt14_translate/de-en" (a key of text_tasks.TFDS_TRANSLATION_DATASETS):
+    sentence pairs read by index through tfds.data_source and grain, in one SentencePiece
+    vocabulary for both languages (data.tokenizer_path, trained on both sides of
+    TOKENIZER_PAIRS train pairs when the file is missing). Eval reads the validation split.
+
+Eval decodes with beam search (`config.seq2seq.beam_size`, 1 = greedy) and reports exact_match,
+the share of outputs equal to their target, and bleu, corpus BLEU (bigjax.bleu): over tokens
+(digits) for the synthetic tasks, over the words of the detokenized text for translation. Targets
+longer than seq_len are cut, so BLEU's references are cut too. Eval also reports teacher-forced
+loss and token accuracy.
 """
+
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
+from bigjax import bleu
 from bigjax.config_checks import ConfigError
 from bigjax.data import text_tasks
-from bigjax.data.tokenizers import ByteTokenizer
+from bigjax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
 from bigjax.models import seq2seq
 from bigjax.models.layers import TransformerConfig
 from bigjax.throughput import decoder_flops_per_token
 
-TRAIN_EXAMPLES = 10**8  # the synthetic train set is endless in practice: pair i is drawn from i
-EVAL_SEED_OFFSET = 1  # eval pairs come from another seed than train pairs
+SYNTHETIC_EXAMPLES = 10**8  # the synthetic sets are endless in practice: pair i is drawn from i
+EVAL_SEED_OFFSET = 1  # synthetic eval pairs come from another seed than train pairs
+TOKENIZER_PAIRS = 100_000  # evenly spaced train pairs whose two sides train the SentencePiece model
 
 
 class Seq2SeqTask:
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
-    if config.data.source != "synthetic":
+    if config.data.source not in ("synthetic", "tfds"):
       raise ConfigError(f"data.source={config.data.source!r}: task=seq2seq reads "
-                        f"source='synthetic' (name: {', '.join(text_tasks.ALGORITHMIC)})")
+                        f"source='synthetic' (name: {', '.join(text_tasks.ALGORITHMIC)}) or "
+                        f"'tfds' (name: {', '.join(text_tasks.TFDS_TRANSLATION_DATASETS)})")
     if config.seq2seq.beam_size < 1:
       raise ConfigError(f"seq2seq.beam_size={config.seq2seq.beam_size} must be at least 1")
-    text_tasks.algorithmic_pairs(config.data.name, config.seq_len, config.seed)  # checks the name
     self.config = config
     self.process_index, self.process_count = process_index, process_count
-    self.tokenizer = ByteTokenizer()
+    self._pairs_of_split = {}
+    self._pairs("train")  # checks data.name (and opens the tfds split) now, not at the first batch
+    self.tokenizer = self._make_tokenizer()
     self.special = text_tasks.SpecialTokens(self.tokenizer.vocab_size)
     self.model_cfg = TransformerConfig.from_config(config, self.special.vocab_size)
     self.model = seq2seq.EncoderDecoder(self.model_cfg, self.special.pad)
@@ -63,26 +79,32 @@ class Seq2SeqTask:
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     loss_BxL, logits_BxLxV, real_BxL = self._token_losses(params, batch)
     correct_BxL = (jnp.argmax(logits_BxLxV, -1) == batch["targets"]) & real_BxL
-    s = self.config.seq2seq
-    outputs_BxL = seq2seq.decode(self.model, params, batch["inputs"], self.config.seq_len,
-                                 self.special.bos, self.tokenizer.eos_id, s.beam_size,
-                                 s.length_penalty)
+    outputs_BxL = self._decode(params, batch["inputs"])
     exact_B = (outputs_BxL == batch["targets"]).all(-1)
+    # BLEU's n-grams are counted on the host (bigjax.bleu says why); its statistics come back as
+    # counts, so they add up over batches like every other sum here.
+    bleu_statistics = jax.pure_callback(
+        self._bleu_statistics, jax.ShapeDtypeStruct((2 * bleu.MAX_ORDER + 2,), jnp.int32),
+        outputs_BxL, batch["targets"])
     return {"loss": (loss_BxL * real_BxL).sum(), "correct": correct_BxL.sum(),
-            "tokens": real_BxL.sum(), "exact": exact_B.sum(), "examples": exact_B.size}
+            "tokens": real_BxL.sum(), "exact": exact_B.sum(), "examples": exact_B.size,
+            "bleu": bleu_statistics}
 
   def eval_summary(self, sums) -> dict[str, float]:
+    # Smoothed as sacrebleu's corpus BLEU is by default: it changes the score only while some
+    # n-gram order has no match in the whole eval set, early in training, where it gives a small
+    # rising figure instead of a flat 0.
     return {"loss": float(sums["loss"] / sums["tokens"]),
             "token_accuracy": float(sums["correct"] / sums["tokens"]),
-            "exact_match": float(sums["exact"] / sums["examples"])}
+            "exact_match": float(sums["exact"] / sums["examples"]),
+            "bleu": bleu.score(sums["bleu"], smooth=True)}
 
   def train_data(self, local_batch: int, seed: int):
-    return text_tasks.train_dataset(self._examples(seed, TRAIN_EXAMPLES), local_batch, seed)
+    return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
 
   def eval_data(self, local_batch: int, num_batches: int):
-    count = local_batch * num_batches * self.process_count
-    return text_tasks.eval_batches(self._examples(self.config.seed + EVAL_SEED_OFFSET, count),
-                                   local_batch, num_batches, self.config.seed)
+    return text_tasks.eval_batches(self._examples("validation"), local_batch, num_batches,
+                                   self.config.seed)
 
   def flops_per_example(self, params) -> float:
     """Encoder and decoder tokens, each 6 x its matmul params + attention; an estimate."""
@@ -94,20 +116,69 @@ class Seq2SeqTask:
     """A few decoded validation examples, as source -> output (target)."""
     del rng
     batch = next(iter(self.eval_data(4, 1)))
-    s = self.config.seq2seq
-    outputs_BxL = jax.jit(lambda p, x: seq2seq.decode(
-        self.model, p, x, self.config.seq_len, self.special.bos, self.tokenizer.eos_id,
-        s.beam_size, s.length_penalty))(params, batch["inputs"])
+    outputs_BxL = jax.device_get(jax.jit(self._decode)(params, batch["inputs"]))
     text = lambda ids: self.tokenizer.decode(i for i in ids if i < self.tokenizer.vocab_size)
     lines = [f"{text(x)} -> {text(y)} ({text(t)})"
-             for x, y, t in zip(batch["inputs"], jax.device_get(outputs_BxL), batch["targets"])]
+             for x, y, t in zip(batch["inputs"], outputs_BxL, batch["targets"])]
     return {"decoded": "\n".join(lines)}
+
+  # Decoding and scoring.
+
+  def _decode(self, params, source_BxS):
+    s = self.config.seq2seq
+    return seq2seq.decode(self.model, params, source_BxS, self.config.seq_len, self.special.bos,
+                          self.tokenizer.eos_id, s.beam_size, s.length_penalty)
+
+  def _bleu_statistics(self, outputs_BxL, targets_BxL) -> np.ndarray:
+    stats = bleu.corpus_statistics([self._bleu_tokens(y) for y in np.asarray(outputs_BxL)],
+                                   [self._bleu_tokens(t) for t in np.asarray(targets_BxL)])
+    return stats.astype(np.int32)
+
+  def _bleu_tokens(self, ids_L) -> list:
+    """What BLEU counts in one output or target: its tokens before [EOS] for the digit tasks,
+    the words of its detokenized text for translation."""
+    ids = [int(i) for i in ids_L]
+    ids = ids[:ids.index(self.tokenizer.eos_id)] if self.tokenizer.eos_id in ids else ids
+    ids = [i for i in ids if i < self.tokenizer.vocab_size]  # [PAD] fills a cut-off output
+    if self.config.data.source == "synthetic":
+      return ids
+    return bleu.words(self.tokenizer.decode(ids))
 
   # Data.
 
-  def _examples(self, seed: int, size: int) -> text_tasks.Seq2SeqExamples:
+  def _make_tokenizer(self):
+    d = self.config.data
+    if d.source == "synthetic":
+      return ByteTokenizer()
+    if d.tokenizer != "sentencepiece" or not d.tokenizer_path:
+      raise ConfigError("translation (data.source='tfds') needs data.tokenizer='sentencepiece' "
+                        "and data.tokenizer_path (a model file, trained there if missing)")
+    if not os.path.exists(d.tokenizer_path):
+      if self.process_index == 0:
+        pair, size = self._pairs("train")
+        sample = np.linspace(0, size - 1, min(size, TOKENIZER_PAIRS)).round().astype(int)
+        texts = (text for i in sample for text in pair(int(i)))
+        SentencePieceTokenizer.train(texts, d.tokenizer_path, d.vocab_size)
+      if self.process_count > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("sentencepiece trained")
+    return SentencePieceTokenizer(d.tokenizer_path)
+
+  def _pairs(self, split: str):
+    """(pair i of `split` as (source, target) text, number of pairs), opened once per split."""
+    if split not in self._pairs_of_split:
+      c = self.config
+      if c.data.source == "synthetic":
+        seed = c.seed + (EVAL_SEED_OFFSET if split == "validation" else 0)
+        pairs = text_tasks.algorithmic_pairs(c.data.name, c.seq_len, seed), SYNTHETIC_EXAMPLES
+      else:
+        pairs = text_tasks.tfds_translation_pairs(c.data.name, split, c.data.tfds_dir)
+      self._pairs_of_split[split] = pairs
+    return self._pairs_of_split[split]
+
+  def _examples(self, split: str) -> text_tasks.Seq2SeqExamples:
     """This process's pairs: every P-th index, so processes never share a pair."""
-    pairs = text_tasks.algorithmic_pairs(self.config.data.name, self.config.seq_len, seed)
-    share = lambda i: pairs(i * self.process_count + self.process_index)
+    pair, size = self._pairs(split)
+    share = lambda i: pair(i * self.process_count + self.process_index)
     return text_tasks.Seq2SeqExamples(share, size // self.process_count, self.tokenizer,
                                       self.config.seq_len, self.special)
