@@ -142,7 +142,7 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
 
 
 def compile_for_slice(config, tpu: TpuSlice):
-  """(compiled step, abstract state, mesh shape, compile seconds) for the slice, as train builds it."""
+  """(compiled step, task, abstract state, mesh shape, compile seconds), as train builds them."""
   import flax.linen as nn
   import jax
   from jax.experimental import topologies
@@ -170,7 +170,7 @@ def compile_for_slice(config, tpu: TpuSlice):
     abstract, shardings, _ = train.state_layout(task, tx, config, mesh)
     start = time.perf_counter()
     compiled = train.compile_train_step(task, tx, lr_schedule, config, mesh, abstract, shardings)
-  return compiled, abstract, mesh_shape, time.perf_counter() - start
+  return compiled, task, abstract, mesh_shape, time.perf_counter() - start
 
 
 def memory_per_device(compiled) -> dict[str, int]:
@@ -194,17 +194,22 @@ def verdict(total_bytes: int, tpu: TpuSlice) -> str:
           f"batch_size")
 
 
+def _bad_input(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv) -> None:
   from absl import flags
   del argv
   try:
     tpu = parse_slice(flags.FLAGS.topology)
   except BadSliceName as e:
-    sys.exit(f"error: {e}")
+    _bad_input(str(e))
   try:
     import libtpu  # noqa: F401
   except ImportError:
-    sys.exit("error: the TPU compiler is not installed; pip install -r requirements-tpu.txt")
+    _bad_input("the TPU compiler is not installed; pip install -r requirements-tpu.txt")
 
   import jax
 
@@ -214,9 +219,9 @@ def main(argv) -> None:
   print(f"compiling {config.task} for {tpu.name}: {tpu.chips} {tpu.generation} chips as "
         f"{tpu.topology}", flush=True)
   try:
-    compiled, abstract, mesh_shape, seconds = compile_for_slice(config, tpu)
+    compiled, task, abstract, mesh_shape, seconds = compile_for_slice(config, tpu)
   except ConfigError as e:
-    sys.exit(f"error: {e}")
+    _bad_input(str(e))
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -237,7 +242,11 @@ def main(argv) -> None:
   print(f"memory per device: arguments {gib(memory['arguments'])}, temporaries "
         f"{gib(memory['temporaries'])}, outputs {gib(memory['outputs'])} (aliased with "
         f"arguments {gib(memory['aliased'])}), total {gib(memory['total'])}")
-  print(f"FLOPs per step: {flops:.3e} per device, {flops * tpu.chips:.3e} on the slice")
+  model_flops = task.flops_per_example(abstract.params) * config.batch_size
+  # XLA counts a loop body once, so with scanned layers its figure covers one layer of N.
+  loop_note = " (a scanned layer counted once)" if config.model.scan_layers else ""
+  print(f"FLOPs per step: {model_flops:.3e} by the model count (6 x parameters x tokens + "
+        f"attention, what MFU uses); XLA's cost analysis {flops:.3e} per device{loop_note}")
   print("collectives: " + ", ".join(f"{op} {n}" for op, n in collectives.items()))
   fits = memory["total"] <= tpu.hbm_bytes
   print(f"verdict: {verdict(memory['total'], tpu)}")
