@@ -1,6 +1,8 @@
 """Documents -> tokens -> packed windows -> grain batches: nothing lost, nothing repeated."""
 
+import pathlib
 import socket
+import sysconfig
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from bigjax.data import lm as lm_data
 from bigjax.data import sources
 from bigjax.data.tokenizers import ByteTokenizer
 from bigjax.tasks import lm as lm_task
+from configs import base
 
 DOCS = ["def f(x):\n  return x\n", "naïve café — ünïcode ✓", "", "last"]
 
@@ -87,33 +90,25 @@ def test_process_share_is_disjoint_and_complete(count):
 def test_stdlib_split_is_stable_and_disjoint():
   files = sources.stdlib_files()
   assert len(files) > 500 and files == sources.stdlib_files()
-  root = sources.pathlib.Path(sources.sysconfig.get_paths()["stdlib"])
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
   val = {f for f in files if sources.is_validation(str(f.relative_to(root)), 0.1)}
   train = set(files) - val
   assert train and val and 0.05 < len(val) / len(files) < 0.15
 
-  data = lm_task_config().data
+  data = base.get_config().data
   # Process 3 of 16 reads 1/16 of the files: fast, and checks the share is of the split's files.
   docs = sources.documents(data, "validation", 3, 16)
   assert docs == sources.documents(data, "validation", 3, 16)
-  val_files = sorted(val)[3::16]
-  assert docs == [f.read_text(encoding="utf-8", errors="replace") for f in val_files]
-
-
-def lm_task_config(**overrides):
-  from configs import base
-  c = base.get_config()
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    c[section][name] = value
-  return c
+  read = lambda files: [f.read_text(encoding="utf-8", errors="replace") for f in files]
+  assert docs == read(sorted(val)[3::16])
+  assert sources.documents(data, "train", 3, 16) == read(sorted(train)[3::16])
 
 
 def test_text_source_holds_out_the_end_of_each_file(tmp_path):
   (tmp_path / "a.txt").write_text("a" * 90 + "A" * 10)
   (tmp_path / "b.txt").write_text("b" * 180 + "B" * 20)
-  data = lm_task_config(**{"data.source": "text", "data.path": str(tmp_path),
-                           "data.val_fraction": 0.1}).data
+  data = base.get_config().data
+  data.update({"source": "text", "path": str(tmp_path), "val_fraction": 0.1})
   assert sources.documents(data, "train") == ["a" * 90, "b" * 180]
   assert sources.documents(data, "validation") == ["A" * 10, "B" * 20]
   data.path = str(tmp_path / "b.txt")
