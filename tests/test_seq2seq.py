@@ -1,9 +1,9 @@
 """Encoder-decoder: the decoder is causal, greedy == beam search of width 1, beam search finds
 the best sequence of a hand-made model, eval scores exact match and BLEU from the decoded outputs,
-and the family runs through the loop on 1 and 8 devices, offline and on (mock) WMT."""
+the family runs through the loop on 1 and 8 devices, offline and on (mock) WMT, and the WMT config
+holds only known keys."""
 
 import itertools
-import os
 import socket
 
 import jax
@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bigjax.config_checks import check_config
 from bigjax.data import text_tasks
 from bigjax.models import seq2seq
 from bigjax.models.layers import TransformerConfig
 from bigjax.tasks.seq2seq import Seq2SeqTask
 from bigjax.train import train_and_evaluate
+from configs import base, wmt14_de_en
 
 SPECIAL = text_tasks.SpecialTokens(256)
 CFG = TransformerConfig(vocab_size=SPECIAL.vocab_size, num_layers=2, num_heads=2, num_kv_heads=2,
@@ -160,3 +162,14 @@ def test_translation_trains_offline_on_mock_wmt_and_reports_bleu(no_network, wmt
   assert 0 <= final["eval/bleu"] <= 100 and 0 <= final["eval/exact_match"] <= 1
   assert (tmp_path / "spm" / "wmt.model").exists()  # trained on the (mock) train split
   assert not (tmp_path / "tfds").exists()  # nothing was downloaded or prepared
+
+
+@pytest.mark.parametrize("variant", ["", "t2t"])
+def test_wmt_config_sets_only_known_keys_and_checks_out(variant):
+  config = wmt14_de_en.get_config(variant)
+  known = base.get_config()
+  known.lock()
+  known.update(config)  # a misspelt key would be a new key, which a locked config refuses
+  check_config(config, num_devices=8)
+  assert config.data.name in text_tasks.TFDS_TRANSLATION_DATASETS
+  assert config.seq_len <= config.model.max_len
