@@ -17,11 +17,13 @@ loss and token accuracy.
 
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from bigjax import bleu
 from bigjax.config_checks import ConfigError
@@ -81,11 +83,13 @@ class Seq2SeqTask:
     correct_BxL = (jnp.argmax(logits_BxLxV, -1) == batch["targets"]) & real_BxL
     outputs_BxL = self._decode(params, batch["inputs"])
     exact_B = (outputs_BxL == batch["targets"]).all(-1)
-    # BLEU's n-grams are counted on the host (bigjax.bleu says why); its statistics come back as
-    # counts, so they add up over batches like every other sum here.
+    # BLEU's n-grams are counted on the host (bigjax.bleu says why), once, on the whole batch
+    # gathered to one device; asking for it replicated makes that gather explicit (XLA warns of
+    # an "involuntary full rematerialization" otherwise). The counts add up over batches.
+    whole = lambda x_BxL: nn.with_logical_constraint(x_BxL, (None, None))
     bleu_statistics = jax.pure_callback(
         self._bleu_statistics, jax.ShapeDtypeStruct((2 * bleu.MAX_ORDER + 2,), jnp.int32),
-        outputs_BxL, batch["targets"])
+        whole(outputs_BxL), whole(batch["targets"]))
     return {"loss": (loss_BxL * real_BxL).sum(), "correct": correct_BxL.sum(),
             "tokens": real_BxL.sum(), "exact": exact_B.sum(), "examples": exact_B.size,
             "bleu": bleu_statistics}
@@ -116,7 +120,9 @@ class Seq2SeqTask:
     """A few decoded validation examples, as source -> output (target)."""
     del rng
     batch = next(iter(self.eval_data(4, 1)))
-    outputs_BxL = jax.device_get(jax.jit(self._decode)(params, batch["inputs"]))
+    # The outputs may be laid out over other processes' devices too: gather them all here.
+    outputs_BxL = multihost_utils.process_allgather(jax.jit(self._decode)(params, batch["inputs"]),
+                                                    tiled=True)
     text = lambda ids: self.tokenizer.decode(i for i in ids if i < self.tokenizer.vocab_size)
     lines = [f"{text(x)} -> {text(y)} ({text(t)})"
              for x, y, t in zip(batch["inputs"], outputs_BxL, batch["targets"])]
@@ -160,7 +166,6 @@ class Seq2SeqTask:
         texts = (text for i in sample for text in pair(int(i)))
         SentencePieceTokenizer.train(texts, d.tokenizer_path, d.vocab_size)
       if self.process_count > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("sentencepiece trained")
     return SentencePieceTokenizer(d.tokenizer_path)
 
