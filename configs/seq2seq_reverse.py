@@ -2,8 +2,12 @@
 
     python -m bigjax.train --config=configs/seq2seq_reverse.py --workdir=runs/seq2seq_reverse
 
-Eval decodes with beam search and reports exact match. Variants pick the algorithm:
-`:reverse` (default), `:sort`, `:addition` (e.g. "123+45" -> "168").
+Eval decodes with beam search and reports exact match and BLEU over digits. Variants pick the
+algorithm: `:reverse` (default), `:sort`, `:addition` (e.g. "123+45" -> "168").
+
+Measured on a shared 2-core CPU (about 2 minutes a run, 25 s of it compiling): reverse reaches
+exact match 1.000 with both greedy and beam-4 decoding on 1024 held-out pairs; sort 0.969 (beam,
+128 pairs); addition stays at 0.000 (BLEU 1.3): it needs a far longer run than this recipe.
 """
 
 from configs import base
