@@ -412,7 +412,7 @@ def main(argv) -> None:
     os._exit(3)  # skip JAX's exit barrier: it would wait for the dead peer, then abort noisily
 
 
-def _parse_flags(argv):
+def parse_flags(argv):
   """absl's parsing, with a bad flag or config override reported in one line, not a traceback."""
   from absl import flags
   try:
@@ -438,4 +438,4 @@ if __name__ == "__main__":
   sys.argv = sweeps.overrides_as_flags(sys.argv)
   config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and logs go here")
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)

@@ -69,4 +69,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from bigjax.train import parse_flags
+  app.run(main, flags_parser=parse_flags)
