@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigjax.config_checks import check_config
+from bigjax.config_checks import ConfigError, check_config
 from bigjax.data import text_tasks
 from bigjax.models import seq2seq
 from bigjax.models.layers import TransformerConfig
@@ -150,6 +150,19 @@ def test_eval_scores_the_decoded_words_against_the_targets(no_network, wmt_confi
   short = scores(shorter)
   assert short["exact_match"] == 0 and 0 < short["bleu"] < 100
   assert short["bleu"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.name": "wmt14_translate/fr-en"}, "not a known translation dataset"),
+    ({"data.tokenizer": "byte"}, "needs data.tokenizer='sentencepiece'"),
+    ({"data.source": "text"}, "task=seq2seq reads"),
+])
+def test_bad_data_settings_fail_in_one_line_before_any_download(no_network, wmt_config,
+                                                                overrides, message):
+  config = wmt_config.copy_and_resolve_references()
+  config.update_from_flattened_dict(overrides)
+  with pytest.raises(ConfigError, match=message):
+    Seq2SeqTask(config)
 
 
 def test_translation_trains_offline_on_mock_wmt_and_reports_bleu(no_network, wmt_config,

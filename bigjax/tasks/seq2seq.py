@@ -48,6 +48,10 @@ class Seq2SeqTask:
                         f"'tfds' (name: {', '.join(text_tasks.TFDS_TRANSLATION_DATASETS)})")
     if config.seq2seq.beam_size < 1:
       raise ConfigError(f"seq2seq.beam_size={config.seq2seq.beam_size} must be at least 1")
+    d = config.data
+    if d.source == "tfds" and (d.tokenizer != "sentencepiece" or not d.tokenizer_path):
+      raise ConfigError("translation (data.source='tfds') needs data.tokenizer='sentencepiece' "
+                        "and data.tokenizer_path (a model file, trained there if missing)")
     self.config = config
     self.process_index, self.process_count = process_index, process_count
     self._pairs_of_split = {}
@@ -156,9 +160,6 @@ class Seq2SeqTask:
     d = self.config.data
     if d.source == "synthetic":
       return ByteTokenizer()
-    if d.tokenizer != "sentencepiece" or not d.tokenizer_path:
-      raise ConfigError("translation (data.source='tfds') needs data.tokenizer='sentencepiece' "
-                        "and data.tokenizer_path (a model file, trained there if missing)")
     if not os.path.exists(d.tokenizer_path):
       if self.process_index == 0:
         pair, size = self._pairs("train")
