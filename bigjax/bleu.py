@@ -87,13 +87,14 @@ def corpus_bleu(hypotheses: Sequence[Sequence[Hashable]],
 
 
 def words(text: str) -> list[str]:
-  """Words and punctuation marks, each punctuation character its own token.
+  """The tokens BLEU counts in text: words (with inner apostrophes: "It's"), numbers (with inner
+  points and commas: "3.5", "1,000") and every other punctuation character on its own.
 
-  BLEU on text depends on how it is cut into tokens; this is close to sacrebleu's "13a" rule (which
-  also splits punctuation off words) but not identical (13a keeps "3.5" whole), so report
-  sacrebleu's score on the decoded outputs when a figure is meant to compare with published ones.
+  BLEU on text depends on how it is cut; this cut gives sacrebleu's default "13a" tokens on
+  ordinary sentences, but 13a has rules this lacks (HTML entities, hyphens after digits), so
+  report sacrebleu's score on the decoded outputs when a figure must compare with published ones.
   """
-  return re.findall(r"\w+|[^\w\s]", text)
+  return re.findall(r"\d+(?:[.,]\d+)+|\w+(?:'\w+)*|[^\w\s]", text)
 
 
 def _ngrams(tokens: Sequence[Hashable], n: int) -> collections.Counter:

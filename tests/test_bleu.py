@@ -61,9 +61,19 @@ def test_corpus_bleu_pools_counts_before_taking_the_ratio():
   np.testing.assert_array_equal(stats, [6, 4, 2, 1, 6, 4, 2, 1, 6, 6])
 
 
+SENTENCES = ["Hello, world! It's 3.5 km, or 1,000 steps.",
+             'He said: "no way!" and left (quickly) at 10:30; prices rose 4% to $5.']
+
+
 def test_words_splits_punctuation_from_words():
-  assert bleu.words("Hello, world! It's 3.5 km.") == [
-      "Hello", ",", "world", "!", "It", "'", "s", "3", ".", "5", "km", "."]
+  assert bleu.words(SENTENCES[0]) == [
+      "Hello", ",", "world", "!", "It's", "3.5", "km", ",", "or", "1,000", "steps", "."]
+
+
+def test_words_match_sacrebleu_13a_on_ordinary_sentences():
+  tokenizer_13a = pytest.importorskip("sacrebleu.tokenizers.tokenizer_13a")
+  for sentence in SENTENCES:
+    assert bleu.words(sentence) == tokenizer_13a.Tokenizer13a()(sentence).split()
 
 
 @pytest.mark.parametrize("smooth", [False, True])
