@@ -7,7 +7,6 @@ It reads top to bottom in the order things happen: check the config, build the m
 work out the state's shapes and shardings, create or restore the state, compile the step, loop.
 """
 
-import dataclasses
 import logging
 import math
 import os
@@ -346,11 +345,14 @@ def _check_finite(pending, ckpt, last_saved) -> None:
   step, step_metrics = pending
   if "train/skipped_steps" in step_metrics:  # on_nonfinite=skip: such an update was dropped
     return
-  loss = float(step_metrics["train/loss"])
-  if not math.isfinite(loss):
+  # The loss is computed from the parameters before the update, the parameter norm after it:
+  # both must be finite before this step's state may be called good (and saved).
+  loss, param_norm = (float(step_metrics[k]) for k in ("train/loss", "train/param_norm"))
+  if not (math.isfinite(loss) and math.isfinite(param_norm)):
     where = f"step {last_saved} in {ckpt.directory}" if last_saved is not None else "none"
-    raise NonFiniteLoss(f"loss is {loss} at step {step}; last good checkpoint: {where}. Lower "
-                        f"optim.lr, raise optim.warmup_steps, or set on_nonfinite=skip")
+    raise NonFiniteLoss(f"loss is {loss} and parameter norm {param_norm} at step {step}; last "
+                        f"good checkpoint: {where}. Lower optim.lr, raise optim.warmup_steps, or "
+                        f"set on_nonfinite=skip")
 
 
 def _throughput(units_per_step, step_seconds, flops_per_step, num_devices,
@@ -378,7 +380,8 @@ def _print_summary(config, abstract, mesh_shape, compiled, flops_per_step, peak_
   lines = [
       f"task {config.task}: {n_params:,} parameters, {flops_per_step / count:.3g} train "
       f"FLOPs/{unit.rstrip('s')}, {count:,} {unit}/step",
-      f"mesh {mesh_shape} on {jax.device_count()} {jax.devices()[0].platform} devices "
+      f"mesh {mesh_shape} on {math.prod(mesh_shape.values())} {jax.devices()[0].platform} "
+      f"devices "
       f"({jax.process_count()} process(es)); MFU against {peak_source}",
   ]
   if memory is not None:

@@ -6,7 +6,6 @@ import shlex
 import subprocess
 import sys
 
-import portpicker
 import pytest
 
 from bigjax import launch
@@ -101,21 +100,3 @@ def test_a_failing_process_stops_the_others():
   command = [sys.executable, "-c", "import os, sys, time; "
              "sys.exit(3) if os.environ['JAX_PROCESS_ID'] == '1' else time.sleep(60)"]
   assert launch.run(command, launch.process_envs(2, 9999, dict(os.environ))) == 3
-
-
-def test_two_launched_processes_train_together(tmp_path):
-  """The real thing on CPU: each process reads the environment the launcher set and joins."""
-  flags = ["--config=configs/gpt_tiny.py", f"--workdir={tmp_path}", "--config.steps=2",
-           "--config.batch_size=4", "--config.seq_len=16", "--config.model.max_len=16",
-           "--config.model.num_layers=1", "--config.model.d_model=16", "--config.model.d_ff=32",
-           "--config.log_every=1", "--config.eval_every=0", "--config.eval_steps=1",
-           "--config.sample.max_new_tokens=2", "--config.tracking.progress=False",
-           "--config.tracking.tensorboard=False"]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}  # one CPU device per process
-  result = subprocess.run(
-      [sys.executable, "-m", "bigjax.launch", "--gpus=2", f"--port={portpicker.pick_unused_port()}",
-       "--", sys.executable, "-m", "bigjax.train", *flags],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-  assert "on 2 cpu devices (2 process(es))" in result.stdout
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]

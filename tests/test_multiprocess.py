@@ -11,11 +11,10 @@ import portpicker
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _flags(workdir, port, steps):
+def _flags(workdir, steps):
   return [
       "--config=configs/gpt_tiny.py", f"--workdir={workdir}", f"--config.steps={steps}",
-      f"--config.distributed.coordinator=127.0.0.1:{port}",
-      "--config.distributed.num_processes=2", "--config.distributed.heartbeat_seconds=5",
+      "--config.distributed.heartbeat_seconds=5",
       "--config.batch_size=8", "--config.seq_len=32", "--config.model.max_len=32",
       "--config.model.num_layers=1", "--config.model.d_model=32", "--config.model.d_ff=64",
       "--config.log_every=2", "--config.eval_every=4", "--config.eval_steps=1",
@@ -24,13 +23,27 @@ def _flags(workdir, port, steps):
   ]
 
 
+ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu",
+       "PYTHONUNBUFFERED": "1"}  # one CPU device per process, quick compiles
+
+
 def _start_pair(workdir, steps):
+  """Two processes told their place by flags: coordinator, count and index."""
   port = portpicker.pick_unused_port()
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  flags = _flags(workdir, steps) + [f"--config.distributed.coordinator=127.0.0.1:{port}",
+                                    "--config.distributed.num_processes=2"]
   return [subprocess.Popen(
-      [sys.executable, "-m", "bigjax.train", *_flags(workdir, port, steps),
-       f"--config.distributed.process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+      [sys.executable, "-m", "bigjax.train", *flags, f"--config.distributed.process_id={i}"],
+      cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+
+
+def _launch_pair(workdir, steps):
+  """Two processes started by bigjax.launch, told their place by the environment it sets."""
+  return subprocess.run(
+      [sys.executable, "-m", "bigjax.launch", "--gpus=2",
+       f"--port={portpicker.pick_unused_port()}", "--", sys.executable, "-m", "bigjax.train",
+       *_flags(workdir, steps)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
 def _finish(procs, timeout=300):
@@ -40,15 +53,17 @@ def _finish(procs, timeout=300):
   return outputs
 
 
-def test_two_processes_train_checkpoint_and_resume(tmp_path):
+def test_two_processes_train_checkpoint_and_resume_through_the_launcher(tmp_path):
   workdir = str(tmp_path)
   first, second = _finish(_start_pair(workdir, steps=8))
   assert "2 process(es)" in first and "--- sample ---" in first
   assert "task lm:" not in second and "sample" not in second  # only process 0 prints
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
 
-  first, _ = _finish(_start_pair(workdir, steps=12))
-  assert "resuming from step 8" in first
+  # Resume with the launcher: the environment now says who is who, and the job carries on.
+  resumed = _launch_pair(workdir, steps=12)
+  assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+  assert "resuming from step 8" in resumed.stdout and "2 process(es)" in resumed.stdout
   logged = [line for line in open(os.path.join(workdir, "metrics.jsonl"))
             if '"train/loss"' in line]
   assert len(logged) == 6  # steps 2..12, each written once: only process 0 logs

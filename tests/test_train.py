@@ -2,6 +2,7 @@
 losses stop (or are skipped), and metrics.jsonl records what a reader plots."""
 
 import math
+import os
 import shutil
 
 import jax
@@ -73,14 +74,16 @@ def test_metrics_jsonl_records_losses_and_throughput(resumed_run):
   assert final["eval/loss"] == eval_rows[-1]["eval/loss"]
 
 
-# lr=1e30 from step 0: the first update blows the weights up, so step 2's loss is not finite.
+# lr=1e30 from step 0: the first update blows the weights up (their norm overflows at step 1,
+# the loss at step 2).
 EXPLODE = {"optim.lr": 1e30, "optim.warmup_steps": 0, "optim.schedule": "constant"}
 
 
-def test_non_finite_loss_stops_and_names_the_step(make_config, workdir):
+def test_non_finite_state_stops_names_the_step_and_is_never_saved(make_config, workdir):
   config = make_config(steps=4, checkpoint_every=1, **EXPLODE)
-  with pytest.raises(train.NonFiniteLoss, match=r"at step 2\b"):
+  with pytest.raises(train.NonFiniteLoss, match=r"at step 1\b.*last good checkpoint: none"):
     train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
 
 
 def test_skip_mode_drops_non_finite_updates_and_counts_them(make_config, workdir, metrics_of):

@@ -9,7 +9,6 @@ accuracy on the chosen positions (plus NSP accuracy when enabled).
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from bigjax.config_checks import ConfigError
