@@ -20,6 +20,7 @@ os.environ["WANDB_SILENT"] = "true"
 
 import json
 import pathlib
+import socket
 import sysconfig
 
 import pytest
@@ -124,3 +125,12 @@ def read_metrics(workdir: str) -> list[dict]:
 def metrics_of():
   """metrics_of(workdir) -> the rows of WORKDIR/metrics.jsonl, in the order they were written."""
   return read_metrics
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  """Any attempt to open a connection fails the test instead of waiting on a download."""
+  def refuse(self, address, *args):
+    raise AssertionError(f"test tried to reach the network: {address}")
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))

@@ -1,7 +1,6 @@
 """Documents -> tokens -> packed windows -> grain batches: nothing lost, nothing repeated."""
 
 import pathlib
-import socket
 import sysconfig
 
 import numpy as np
@@ -113,15 +112,6 @@ def test_text_source_holds_out_the_end_of_each_file(tmp_path):
   assert sources.documents(data, "validation") == ["A" * 10, "B" * 20]
   data.path = str(tmp_path / "b.txt")
   assert sources.documents(data, "validation") == ["B" * 20]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-  """Any attempt to open a connection fails the test instead of waiting on a download."""
-  def refuse(self, address, *args):
-    raise AssertionError(f"test tried to reach the network: {address}")
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
 
 
 def test_tfds_source_reads_mock_data_without_downloading(no_network, make_config, tmp_path):

@@ -4,7 +4,6 @@ the family runs through the loop on 1 and 8 devices, offline and on (mock) WMT, 
 holds only known keys."""
 
 import itertools
-import socket
 
 import jax
 import jax.numpy as jnp
@@ -101,15 +100,6 @@ def test_seq2seq_runs_through_the_loop_on_8_devices(make_config, workdir):
 
 
 # Translation, on tfds.testing.mock_data: random letter strings in both languages.
-
-@pytest.fixture
-def no_network(monkeypatch):
-  """Any attempt to open a connection fails the test instead of waiting on a download."""
-  def refuse(self, address, *args):
-    raise AssertionError(f"test tried to reach the network: {address}")
-  monkeypatch.setattr(socket.socket, "connect", refuse)
-  monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
-
 
 @pytest.fixture
 def wmt_config(make_config, tmp_path):
