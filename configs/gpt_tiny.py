@@ -12,7 +12,7 @@ def get_config():
   c = base.get_config()
   c.steps = 600
   c.batch_size = 16
-  c.seq_len = 256
+  c.seq_len = 128
   c.log_every = 50
   c.eval_every = 200
   c.eval_steps = 10
@@ -22,6 +22,7 @@ def get_config():
   c.model.d_model = 128
   c.model.d_ff = 512
   c.model.max_len = 256
+  c.model.scan_layers = False  # 4 unrolled layers compile as fast and step ~20% faster on CPU
   c.optim.lr = 3e-3
   c.optim.warmup_steps = 50
   return c
