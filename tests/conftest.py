@@ -66,12 +66,7 @@ def tiny_config(corpus: str, **overrides):
   c.tracking.tensorboard = False
   c.tracking.progress = False
   c.sample.prompt = ""
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   c.lock()
   return c
 

@@ -32,12 +32,7 @@ def tiny(module, **overrides):
   c.optim.warmup_steps = 1
   c.tracking.tensorboard = False
   c.tracking.progress = False
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   c.lock()
   return c
 
