@@ -11,6 +11,7 @@ class ConfigError(ValueError):
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("auto", "blockwise", "xla", "cudnn")
 
 
 def mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
@@ -72,6 +73,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, process_co
                           f"{shape['tensor']}; pick a tensor axis that divides the heads")
     if m.d_ff % shape["tensor"]:
       raise ConfigError(f"model.d_ff={m.d_ff} is not divisible by mesh.tensor={shape['tensor']}")
+    if m.attention not in ATTENTION:
+      raise ConfigError(f"model.attention={m.attention!r}; use one of {', '.join(ATTENTION)}")
+    if m.attention_block_len <= 0:
+      raise ConfigError(f"model.attention_block_len={m.attention_block_len} must be positive")
     if config.seq_len > m.max_len:
       raise ConfigError(f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}; "
                         f"raise model.max_len or shorten seq_len")

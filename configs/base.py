@@ -82,7 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output
   c.model.remat = "none"  # recompute in backward: "none", "full", "dots" (save matmuls), "dots_no_batch"
   c.model.scan_layers = True  # one compiled block scanned N times (fast compile) instead of N copies
-  c.model.attention = "auto"  # jax.nn.dot_product_attention implementation: "auto", "xla", "cudnn"
+  # "auto": causal self-attention is "blockwise" on CPU, jax.nn.dot_product_attention's own pick
+  # (cuDNN where it can) elsewhere; "xla" / "cudnn" force that function's implementation.
+  c.model.attention = "auto"
+  c.model.attention_block_len = 64  # query block of "blockwise" attention
   c.model.name = "mlp"  # image/tabular model, a key of bigjax.models.vision.MODELS (Transformer tasks ignore it)
   c.model.hidden = (512, 256, 128)  # MLP hidden widths (also the dense layers after a CNN's convolutions)
   c.model.channels = (32, 64)  # CNN and autoencoder conv channels; each conv halves height and width

@@ -26,6 +26,8 @@ def one_line_error(match, fn, *args):
     ({"seq_len": 128}, r"seq_len=128 is longer than model.max_len=64"),
     ({"optim.grad_accum_steps": 3}, r"grad_accum_steps=3"),
     ({"dtype": "float8"}, r"dtype='float8'"),
+    ({"model.attention": "flash"}, r"model.attention='flash'; use one of auto, blockwise"),
+    ({"model.attention_block_len": 0}, r"model.attention_block_len=0 must be positive"),
 ])
 def test_check_config_names_the_problem(make_config, overrides, match):
   one_line_error(match, check_config, make_config(**overrides), 8)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bigjax.config_checks import ConfigError
+from bigjax.models import blockwise_attention
 
 Cache = dict[str, jax.Array]  # {"k": BxSxGxK, "v": BxSxGxK} for one layer (NxBxSxGxK when scanned)
 
@@ -42,6 +43,7 @@ class TransformerConfig:
   remat: str = "none"
   scan_layers: bool = True
   attention: str = "auto"
+  attention_block_len: int = 64
   causal: bool = True
   dtype: Any = jnp.float32
 
@@ -70,6 +72,7 @@ class TransformerConfig:
         remat=m.remat,
         scan_layers=m.scan_layers,
         attention=m.attention,
+        attention_block_len=m.attention_block_len,
         dtype=jnp.dtype(config.dtype),
     )
     fields.update(overrides)
@@ -176,10 +179,23 @@ class Attention(nn.Module):
       mask = (slot_S[None, :] <= query_pos_L[:, None])[None, None]
       is_causal = False
 
-    implementation = None if cfg.attention == "auto" else cfg.attention
-    out_BxLxHxK = jax.nn.dot_product_attention(
-        q_BxLxHxK, k_BxSxGxK.astype(q_BxLxHxK.dtype), v_BxSxGxK.astype(q_BxLxHxK.dtype),
-        mask=mask, is_causal=is_causal, implementation=implementation)
+    k_BxSxGxK, v_BxSxGxK = k_BxSxGxK.astype(q_BxLxHxK.dtype), v_BxSxGxK.astype(q_BxLxHxK.dtype)
+
+    def library(q, k, v):
+      implementation = None if cfg.attention in ("auto", "blockwise") else cfg.attention
+      return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                          implementation=implementation)
+
+    def blockwise(q, k, v):
+      return blockwise_attention.causal_attention(q, k, v, cfg.attention_block_len)
+
+    if not is_causal or mask is not None or cfg.attention in ("xla", "cudnn"):
+      out_BxLxHxK = library(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK)
+    elif cfg.attention == "blockwise":
+      out_BxLxHxK = blockwise(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK)
+    else:  # "auto": chosen when lowering, so an AOT compile for a TPU from a CPU gets the TPU's
+      out_BxLxHxK = jax.lax.platform_dependent(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK,
+                                               cpu=blockwise, default=library)
     out_std = 0.02 / (2 * cfg.num_layers) ** 0.5  # GPT-2: residual projections scaled by depth
     out_BxLxD = dense(cfg, cfg.d_model, ("heads", "head_dim", "embed"), "out",
                       std=out_std)(out_BxLxHxK)

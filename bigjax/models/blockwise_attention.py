@@ -1,0 +1,102 @@
+"""Causal self-attention computed block by block, for CPUs.
+
+XLA's generic attention (what `jax.nn.dot_product_attention` lowers to off GPU) computes every
+one of the L x L scores, masks the upper half away, and lets autodiff differentiate through the
+softmax's max, exp, sum and divide: on a CPU, where those passes over a B x H x L x L array are
+memory-bound, attention then costs more than all the model's dense layers together.
+
+This version does less of both:
+  * queries go in blocks of `block_len`, and block i only meets keys up to its own end, so the
+    masked upper triangle is never computed (5/8 of the work with 4 blocks);
+  * a custom VJP saves the unnormalised probabilities E = exp(S - rowmax) and row sums l, and
+    the backward pass uses the identity rowsum(P * dP) = rowsum(dO * O) (FlashAttention's
+    trick): four matmuls and one elementwise pass per block, nothing differentiated through.
+
+Measured on a 2-core CPU at B=16, L=256, 4 heads of 32 (`scripts/bench_attention.py`), forward
+plus backward takes about a third of the time of `jax.nn.dot_product_attention`.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def causal_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, block_len: int = 64):
+  """softmax(Q K^T / sqrt(K) + causal mask) V, with G key/value heads shared by H / G queries."""
+  B, L, H, K = q_BxLxHxK.shape
+  G = k_BxLxGxK.shape[2]
+  R = H // G
+  # Key/value heads to the front, so a block's matmuls are batched over (B, G). The R query
+  # heads that share a key/value head become R rows per position: row j is position j // R.
+  q_BxGxLRxK = q_BxLxHxK.reshape(B, L, G, R, K).transpose(0, 2, 1, 3, 4).reshape(B, G, L * R, K)
+  k_BxGxLxK = k_BxLxGxK.transpose(0, 2, 1, 3)
+  v_BxGxLxK = v_BxLxGxK.transpose(0, 2, 1, 3)
+  out_BxGxLRxK = _attention(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len)
+  return out_BxGxLRxK.reshape(B, G, L, R, K).transpose(0, 2, 1, 3, 4).reshape(B, L, H, K)
+
+
+def _blocks(length: int, block_len: int) -> list[tuple[int, int]]:
+  """(first, end) positions of each query block."""
+  return [(first, min(first + block_len, length)) for first in range(0, length, block_len)]
+
+
+def _scores(q_BxGxlRxK, k_BxGxsxK, first: int, R: int):
+  """Scaled scores of the queries from position `first` against keys 0.., future keys at -inf."""
+  s_BxGxlRxs = jnp.einsum("bgqk,bgsk->bgqs", q_BxGxlRxK, k_BxGxsxK,
+                          preferred_element_type=jnp.float32) / jnp.sqrt(q_BxGxlRxK.shape[-1])
+  lR, s = s_BxGxlRxs.shape[-2:]
+  position_lR = first + jnp.arange(lR) // R
+  return jnp.where(position_lR[:, None] >= jnp.arange(s)[None, :], s_BxGxlRxs, -jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _attention(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len):
+  return _forward(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len)[0]
+
+
+def _forward(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len):
+  outs, exps, sums = [], [], []
+  for first, end in _blocks(k_BxGxLxK.shape[2], block_len):
+    s_BxGxlRxs = _scores(q_BxGxLRxK[:, :, first * R:end * R], k_BxGxLxK[:, :, :end], first, R)
+    # Every query sees at least itself, so each row's max is finite.
+    e_BxGxlRxs = jnp.exp(s_BxGxlRxs - jnp.max(s_BxGxlRxs, axis=-1, keepdims=True))
+    sum_BxGxlRx1 = jnp.sum(e_BxGxlRxs, axis=-1, keepdims=True)
+    pv_BxGxlRxK = jnp.einsum("bgqs,bgsk->bgqk", e_BxGxlRxs, v_BxGxLxK[:, :, :end],
+                             preferred_element_type=jnp.float32)
+    outs.append(pv_BxGxlRxK / sum_BxGxlRx1)
+    exps.append(e_BxGxlRxs)
+    sums.append(sum_BxGxlRx1)
+  out_BxGxLRxK = jnp.concatenate(outs, axis=2)
+  residuals = (q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, exps, sums, out_BxGxLRxK)
+  return out_BxGxLRxK.astype(q_BxGxLRxK.dtype), residuals
+
+
+def _backward(R, block_len, residuals, dout_BxGxLRxK):
+  q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, exps, sums, out_BxGxLRxK = residuals
+  scale = 1 / jnp.sqrt(q_BxGxLRxK.shape[-1])
+  dout_BxGxLRxK = dout_BxGxLRxK.astype(jnp.float32)
+  # rowsum(P * dP) for every query, from the output alone: dP = dO V^T, so it is rowsum(dO * O).
+  pdp_BxGxLRx1 = jnp.sum(dout_BxGxLRxK * out_BxGxLRxK, axis=-1, keepdims=True)
+  dq_blocks = []
+  dk_BxGxLxK = jnp.zeros(k_BxGxLxK.shape, jnp.float32)
+  dv_BxGxLxK = jnp.zeros(v_BxGxLxK.shape, jnp.float32)
+  blocks = _blocks(k_BxGxLxK.shape[2], block_len)
+  for (first, end), e_BxGxlRxs, sum_BxGxlRx1 in zip(blocks, exps, sums):
+    rows = slice(first * R, end * R)
+    # P = E / l: dividing the small dO and rowsum terms by l rather than the big E.
+    dout_l_BxGxlRxK = dout_BxGxLRxK[:, :, rows] / sum_BxGxlRx1
+    dv_BxGxLxK = dv_BxGxLxK.at[:, :, :end].add(
+        jnp.einsum("bgqk,bgqs->bgks", dout_l_BxGxlRxK, e_BxGxlRxs).swapaxes(2, 3))
+    de_BxGxlRxs = jnp.einsum("bgqk,bgsk->bgqs", dout_l_BxGxlRxK, v_BxGxLxK[:, :, :end],
+                             preferred_element_type=jnp.float32)
+    ds_BxGxlRxs = e_BxGxlRxs * (de_BxGxlRxs - pdp_BxGxLRx1[:, :, rows] / sum_BxGxlRx1)
+    dq_blocks.append(jnp.einsum("bgqs,bgsk->bgqk", ds_BxGxlRxs, k_BxGxLxK[:, :, :end]) * scale)
+    dk_BxGxLxK = dk_BxGxLxK.at[:, :, :end].add(
+        jnp.einsum("bgqk,bgqs->bgks", q_BxGxLRxK[:, :, rows], ds_BxGxlRxs).swapaxes(2, 3) * scale)
+  dq_BxGxLRxK = jnp.concatenate(dq_blocks, axis=2)
+  return (dq_BxGxLRxK.astype(q_BxGxLRxK.dtype), dk_BxGxLxK.astype(k_BxGxLxK.dtype),
+          dv_BxGxLxK.astype(v_BxGxLxK.dtype))
+
+
+_attention.defvjp(_forward, _backward)
