@@ -146,9 +146,10 @@ def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Ar
 class Attention(nn.Module):
   """Multi-head attention with grouped-query heads, optional RoPE and an optional KV cache.
 
-  Self-attention when `kv_BxSxD` is None, cross-attention otherwise. Training and full-sequence
-  calls use `is_causal`, which lets `jax.nn.dot_product_attention` pick cuDNN flash attention on
-  GPUs; cached decoding writes the new keys at `cache_index` and masks the unwritten slots.
+  Self-attention when `kv_BxSxD` is None, cross-attention otherwise. Causal full-sequence calls
+  (training, scoring) run `blockwise_attention` on CPUs and `jax.nn.dot_product_attention` with
+  `is_causal` elsewhere, which picks cuDNN flash attention on GPUs. Cached decoding writes the new
+  keys at `cache_index` and masks the unwritten slots.
   """
 
   cfg: TransformerConfig
@@ -193,7 +194,7 @@ class Attention(nn.Module):
       out_BxLxHxK = library(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK)
     elif cfg.attention == "blockwise":
       out_BxLxHxK = blockwise(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK)
-    else:  # "auto": chosen when lowering, so an AOT compile for a TPU from a CPU gets the TPU's
+    else:  # "auto", decided when lowering: an AOT compile for a TPU on a CPU host gets the TPU's
       out_BxLxHxK = jax.lax.platform_dependent(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK,
                                                cpu=blockwise, default=library)
     out_std = 0.02 / (2 * cfg.num_layers) ** 0.5  # GPT-2: residual projections scaled by depth
