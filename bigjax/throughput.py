@@ -64,3 +64,15 @@ def peak_flops_per_device(device=None, dtype=jnp.float32) -> tuple[float, str]:
 
 def mfu(flops_per_step: float, step_seconds: float, num_devices: int, peak: float) -> float:
   return flops_per_step / (step_seconds * num_devices * peak)
+
+
+def memory_per_device(compiled) -> dict[str, int]:
+  """Bytes per device a compiled step needs: its arguments, temporaries and outputs, and in all."""
+  stats = compiled.memory_analysis()
+  # The state is donated, so outputs alias arguments: each buffer counts once. The TPU compiler
+  # also reports its own peak, which holds scratch space the other figures leave out.
+  live = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+          + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes)
+  return {"arguments": stats.argument_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
+          "outputs": stats.output_size_in_bytes, "aliased": stats.alias_size_in_bytes,
+          "total": max(live, stats.peak_memory_in_bytes)}

@@ -173,17 +173,6 @@ def compile_for_slice(config, tpu: TpuSlice):
   return compiled, task, abstract, mesh_shape, time.perf_counter() - start
 
 
-def memory_per_device(compiled) -> dict[str, int]:
-  stats = compiled.memory_analysis()
-  # The state is donated, so outputs alias arguments: each buffer counts once. The TPU compiler
-  # also reports its own peak, which holds scratch space the other figures leave out.
-  live = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-          + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes)
-  return {"arguments": stats.argument_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
-          "outputs": stats.output_size_in_bytes, "aliased": stats.alias_size_in_bytes,
-          "total": max(live, stats.peak_memory_in_bytes)}
-
-
 def verdict(total_bytes: int, tpu: TpuSlice) -> str:
   hbm = tpu.hbm_bytes
   if total_bytes <= hbm:
@@ -213,6 +202,7 @@ def main(argv) -> None:
 
   import jax
 
+  from bigjax import throughput
   from bigjax.config_checks import ConfigError
 
   config = flags.FLAGS.config
@@ -230,7 +220,7 @@ def main(argv) -> None:
     sys.exit(1)
 
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
-  memory = memory_per_device(compiled)
+  memory = throughput.memory_per_device(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost  # one dict per program in older jax
   flops = cost.get("flops", 0.0)
