@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 16  # global batch, in sequences (summed over all devices and processes)
   c.seq_len = 256  # tokens per training sequence
   c.seed = 0  # root of every random number: params, dropout and data order
+  c.compilation_cache_dir = "~/.cache/bigjax/jax"  # compiled programs kept across runs ("" = off)
   c.dtype = "float32"  # compute dtype; parameters and the loss stay float32 ("bfloat16" on GPU/TPU)
   c.log_every = 50  # steps between metric logs (the progress bar updates every step)
   c.profile_steps = ""  # "FIRST,LAST": jax.profiler trace of those steps into WORKDIR/profile ("" = off)

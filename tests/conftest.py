@@ -47,6 +47,7 @@ def tiny_config(corpus: str, **overrides):
   `overrides` take dotted keys as on the command line: tiny_config(p, **{"optim.lr": 1.0}).
   """
   c = base.get_config()
+  c.compilation_cache_dir = ""  # in-process tests stay off the user's cache
   c.steps = 4
   c.batch_size = 8
   c.seq_len = 32

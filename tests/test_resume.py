@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -20,6 +21,8 @@ FLAGS = [
     "--config.log_every=2", "--config.eval_every=0", "--config.eval_steps=1",
     "--config.checkpoint_every=6", "--config.sample.prompt=", "--config.tracking.progress=False",
     "--config.tracking.tensorboard=False",
+    # Every run of this module compiles the same programs: the later ones load them from here.
+    f"--config.compilation_cache_dir={tempfile.mkdtemp(prefix='bigjax-test-xla-cache-')}",
 ]
 
 
@@ -73,6 +76,11 @@ def reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   _run(workdir)
   return _final_params(workdir)
+
+
+def test_compiled_programs_are_kept_for_the_next_run(reference):
+  cache_dir = FLAGS[-1].split("=", 1)[1]
+  assert os.listdir(cache_dir), "the run wrote nothing to config.compilation_cache_dir"
 
 
 def _assert_same_state(reference, workdir):
