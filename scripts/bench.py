@@ -129,7 +129,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   bench = TrainStepBench(f.config)
-  bench.seconds_per_step(f.warmup)
+  if f.warmup:
+    bench.seconds_per_step(f.warmup)
   best = min(bench.seconds_per_step(f.steps) for _ in range(f.rounds))
   print(json.dumps(bench.report(best)))
   if f.top_ops:

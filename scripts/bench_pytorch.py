@@ -85,8 +85,9 @@ def main(argv):
                      "head per query head and (here) no dropout; use a GPT-2-style config")
   theirs = HuggingFaceGpt2Bench(cfg, f.config.optim, f.config.seed,
                                 jax.tree.map(np.asarray, ours.batch))
-  ours.seconds_per_step(f.warmup)
-  theirs.seconds_per_step(f.warmup)
+  if f.warmup:
+    ours.seconds_per_step(f.warmup)
+    theirs.seconds_per_step(f.warmup)
   times = {"bigjax": [], "pytorch": []}
   for _ in range(f.rounds):
     times["bigjax"].append(ours.seconds_per_step(f.steps))
