@@ -205,8 +205,8 @@ class _StopRequest:
 
 
 def use_compilation_cache(directory: str) -> None:
-  """Keeps compiled programs in `directory`: a rerun of an unchanged config skips compilation
-  (on a 2-core CPU, the default job's first step comes after about 7 s instead of 17 s)."""
+  """Keeps compiled programs in `directory`: a rerun of an unchanged config loads them instead of
+  compiling (the README's throughput section has the time to first step, cold and warm)."""
   if directory:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
 
