@@ -87,6 +87,11 @@ class Checkpointer:
       return step, restored["state"], restored["data"]
     return None
 
+  def read_config(self, step: int) -> dict:
+    """The config dict saved with `step`."""
+    return self._manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+
   def _check_matches(self, step: int, saved, abstract_state) -> None:
     want, have = _leaf_shapes(abstract_state), _leaf_shapes(saved)
     missing = sorted(set(want) - set(have))
@@ -117,3 +122,13 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def restore_params(state_directory: str, abstract_params):
+  """The parameters `abstract_params` names, read from a step's `state` item into the layout its
+  ShapeDtypeStructs carry (a subtree: other parameters and the optimizer state are not read)."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  target = {"params": abstract_params}
+  return checkpointer.restore(state_directory, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))["params"]

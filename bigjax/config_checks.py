@@ -11,7 +11,6 @@ class ConfigError(ValueError):
 
 
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("auto", "blockwise", "xla", "cudnn")
 
 
 def mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
@@ -58,28 +57,6 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, process_co
                       f"divide into {accum} microbatches of a multiple of {batch_shards} rows")
   if config.on_nonfinite not in ("stop", "skip"):
     raise ConfigError(f"on_nonfinite={config.on_nonfinite!r}; use 'stop' or 'skip'")
-  if "model" in config and "num_heads" in config.model:
-    m = config.model
-    kv_heads = m.num_kv_heads or m.num_heads
-    if m.d_model % m.num_heads:
-      raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.num_heads="
-                        f"{m.num_heads}")
-    if m.num_heads % kv_heads:
-      raise ConfigError(f"model.num_heads={m.num_heads} is not divisible by model.num_kv_heads="
-                        f"{kv_heads}")
-    for name, value in (("num_heads", m.num_heads), ("num_kv_heads", kv_heads)):
-      if value % shape["tensor"]:
-        raise ConfigError(f"model.{name}={value} is not divisible by mesh.tensor="
-                          f"{shape['tensor']}; pick a tensor axis that divides the heads")
-    if m.d_ff % shape["tensor"]:
-      raise ConfigError(f"model.d_ff={m.d_ff} is not divisible by mesh.tensor={shape['tensor']}")
-    if m.attention not in ATTENTION:
-      raise ConfigError(f"model.attention={m.attention!r}; use one of {', '.join(ATTENTION)}")
-    if m.attention_block_len <= 0:
-      raise ConfigError(f"model.attention_block_len={m.attention_block_len} must be positive")
-    if config.seq_len > m.max_len:
-      raise ConfigError(f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}; "
-                        f"raise model.max_len or shorten seq_len")
   return shape
 
 
@@ -92,3 +69,25 @@ def check_workdir(workdir: str) -> None:
                       f"writable directory") from None
   if not os.access(workdir, os.W_OK):
     raise ConfigError(f"--workdir={workdir} is not writable; choose a writable directory")
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """Every key of `config` exists in the base config: a typo in an unlocked config (built in a
+  notebook) fails here, as the command line's locked config would."""
+  import difflib
+
+  from configs import base
+
+  def keys(node, prefix=""):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from keys(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}"
+
+  known = set(keys(base.get_config()))
+  for key in keys(config):
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f"; did you mean {close[0]}?" if close else "; see configs/base.py for every key"
+      raise ConfigError(f"config key {key} is unknown{hint}")

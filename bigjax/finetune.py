@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
 
+from bigjax import checkpoint
 from bigjax.config_checks import ConfigError
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def load_pretrained(params, abstract_params, init_from: str):
   target = _drop_empty(target)
   if not target:
     raise ConfigError(f"init_from={init_from!r}: no parameter path is shared with this model")
-  restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
-      item={"params": target}, restore_args=ocp.checkpoint_utils.construct_restore_args(
-          {"params": target}), partial_restore=True))["params"]
+  restored = checkpoint.restore_params(directory, target)
   loaded = {path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(restored)}
   log.warning("init_from %s: copied %d parameter arrays (%s); %d start fresh", directory,
               len(loaded), ", ".join(sorted({n.split("/")[0] for n in loaded})),

@@ -119,6 +119,9 @@ def roc_curve(positives_N, negatives_N) -> tuple[np.ndarray, np.ndarray]:
   return _divide(fp, fp[-1]), _divide(tp, tp[-1])
 
 
+CLASSIFICATION_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
+
+
 def classification_summary(sums) -> dict[str, float]:
   """Loss, accuracy, macro precision/recall/F1 and one-vs-rest macro ROC-AUC.
 

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from bigjax import multihost
 from bigjax.config_checks import ConfigError
 
 WANDB_MODES = ("disabled", "offline", "online")
@@ -43,6 +44,15 @@ def flatten(config: ml_collections.ConfigDict) -> dict:
   return out
 
 
+def json_row(line: str) -> dict | None:
+  """One metrics.jsonl line, or None for a line a killed run left half-written."""
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  return row if isinstance(row, dict) and "step" in row else None
+
+
 def system_info() -> dict:
   """What the run ran on; slash-named so it never reads as a config key."""
   return {"system/device_kind": jax.devices()[0].device_kind,
@@ -56,12 +66,17 @@ def check_wandb(config: ml_collections.ConfigDict) -> None:
   mode = config.tracking.wandb
   if mode not in WANDB_MODES:
     raise ConfigError(f"tracking.wandb={mode!r} is unknown; use one of {', '.join(WANDB_MODES)}")
-  if mode == "online" and jax.process_index() == 0:
+  if mode != "online":
+    return
+
+  def logged_in():
     import wandb
     # Reads WANDB_API_KEY, W&B's settings files and ~/.netrc; verify=False stays off the network.
     if not wandb.login(prompt=False, verify=False):
       raise ConfigError("tracking.wandb=online needs a W&B API key: set WANDB_API_KEY or run "
                         "`wandb login`, or use --config.tracking.wandb=offline")
+
+  multihost.on_primary(logged_in)  # only process 0 logs, but every process learns the outcome
 
 
 def profile_window(spec: str) -> tuple[int, int] | None:

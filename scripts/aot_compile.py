@@ -142,35 +142,20 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
 
 
 def compile_for_slice(config, tpu: TpuSlice):
-  """(compiled step, task, abstract state, mesh shape, compile seconds), as train builds them."""
-  import flax.linen as nn
-  import jax
+  """(compiled step, run, compile seconds): the loop's own build, on the slice's devices."""
   from jax.experimental import topologies
 
-  from bigjax import finetune, optim, sharding, train
-  from bigjax.config_checks import check_config
-  from bigjax.tasks import TASKS
+  from bigjax import build
 
   # libtpu looks for the TPU VM it runs on; saying "one worker, this slice" stops it warning.
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", tpu.accelerator_type)
   devices = topologies.get_topology_desc(topology_name=tpu.topology, platform="tpu",
                                          **tpu.topology_options()).devices
-  mesh_shape = check_config(config, len(devices))
-  mesh = sharding.make_mesh(mesh_shape, devices)
-  task = TASKS[config.task](config, 0, 1)
-  tx, lr_schedule = optim.make_optimizer(config.optim, config.steps,
-                                         skip_nonfinite=config.on_nonfinite == "skip")
-  tx = finetune.freeze(tx, config.freeze)
-  # The loop sets the concrete mesh; here only its abstract shape, which the activation
-  # constraints need, because the few concrete values made on the way (PRNG keys) must live on
-  # this machine's CPU, not on compile-only devices.
-  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
-       nn.logical_axis_rules(sharding.rules(config)):
-    abstract, shardings, _ = train.state_layout(task, tx, config, mesh)
-    start = time.perf_counter()
-    compiled = train.compile_train_step(task, tx, lr_schedule, config, mesh, abstract, shardings)
-  return compiled, task, abstract, mesh_shape, time.perf_counter() - start
+  run = build.build(config, devices)
+  start = time.perf_counter()
+  compiled = run.lower_train_step().compile()
+  return compiled, run, time.perf_counter() - start
 
 
 def verdict(total_bytes: int, tpu: TpuSlice) -> str:
@@ -209,7 +194,7 @@ def main(argv) -> None:
   print(f"compiling {config.task} for {tpu.name}: {tpu.chips} {tpu.generation} chips as "
         f"{tpu.topology}", flush=True)
   try:
-    compiled, task, abstract, mesh_shape, seconds = compile_for_slice(config, tpu)
+    compiled, run, seconds = compile_for_slice(config, tpu)
   except ConfigError as e:
     _bad_input(str(e))
   except jax.errors.JaxRuntimeError as e:
@@ -219,20 +204,19 @@ def main(argv) -> None:
     print(f"verdict: does not fit: {str(e).splitlines()[0][:400]}")
     sys.exit(1)
 
-  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
   memory = throughput.memory_per_device(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost  # one dict per program in older jax
   flops = cost.get("flops", 0.0)
   collectives = count_collectives(compiled.as_text())
   gib = lambda b: f"{b / GiB:.2f} GiB" if b >= GiB else f"{b / 2**20:.1f} MiB"
-  print(f"{n_params:,} parameters; mesh {mesh_shape}; batch {config.batch_size} x seq_len "
+  print(f"{run.num_params:,} parameters; mesh {run.mesh_shape}; batch {config.batch_size} x seq_len "
         f"{config.seq_len}; dtype {config.dtype}; remat {config.model.remat}")
   print(f"compiled in {seconds:.1f}s")
   print(f"memory per device: arguments {gib(memory['arguments'])}, temporaries "
         f"{gib(memory['temporaries'])}, outputs {gib(memory['outputs'])} (aliased with "
         f"arguments {gib(memory['aliased'])}), total {gib(memory['total'])}")
-  model_flops = task.flops_per_example(abstract.params) * config.batch_size
+  model_flops = run.flops_per_step
   # XLA counts a loop body once, so with scanned layers its figure covers one layer of N.
   loop_note = " (a scanned layer counted once)" if config.model.scan_layers else ""
   print(f"FLOPs per step: {model_flops:.3e} by the model count (6 x parameters x tokens + "

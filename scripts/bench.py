@@ -11,6 +11,7 @@ the compiler's peak memory per device.
 
 import collections
 import glob
+import itertools
 import gzip
 import json
 import os
@@ -24,54 +25,60 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from bigjax import throughput  # noqa: E402
+
 config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
 flags.DEFINE_integer("steps", 10, "steps per timing window")
 flags.DEFINE_integer("rounds", 3, "timing windows; the fastest is reported")
 flags.DEFINE_integer("warmup", 3, "untimed steps after the first")
+flags.DEFINE_enum("data", "fixed", ["fixed", "stream"], "one batch over and over, or a fresh "
+                  "batch from the task's pipeline every step")
+flags.DEFINE_integer("prefetch", 2, "with --data=stream: batches prepared ahead on a thread "
+                     "(0 = on the loop's thread, as without prefetching)")
 flags.DEFINE_integer("top_ops", 0, "then profile one window and print where its time went, by "
                      "source line of the model, this many rows (0 = no profile)")
 
 
 class TrainStepBench:
-  """The config's real train step, ready to time: `seconds_per_step(n)` runs n steps."""
+  """The config's real train step, ready to time: `seconds_per_step(n)` runs n steps.
 
-  def __init__(self, config):
-    import flax.linen as nn
+  `data="fixed"` feeds one batch over and over (the step alone); `data="stream"` draws every
+  step's batch from the task's pipeline as the loop does, through the loop's `Prefetcher` when
+  `prefetch` > 0, or on the loop's own thread when it is 0 (to see what prefetching hides).
+  """
+
+  def __init__(self, config, data: str = "fixed", prefetch: int = 2):
     import jax
-    import jax.numpy as jnp
 
-    from bigjax import optim, sharding, throughput, train
-    from bigjax.config_checks import check_config
-    from bigjax.tasks import TASKS
+    from bigjax import build
+    from bigjax.data.prefetch import Prefetcher
 
     start = time.perf_counter()
-    train.use_compilation_cache(config.compilation_cache_dir)
-    devices = jax.devices()
-    mesh = sharding.make_mesh(check_config(config, len(devices), jax.process_count()), devices)
-    self.task = task = TASKS[config.task](config, jax.process_index(), jax.process_count())
-    tx, lr_schedule = optim.make_optimizer(config.optim, config.steps)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-      abstract, shardings, init = train.state_layout(task, tx, config, mesh)
-      self.state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-      compile_start = time.perf_counter()
-      self.step = train.compile_train_step(task, tx, lr_schedule, config, mesh, abstract,
-                                           shardings)
-      compile_seconds = time.perf_counter() - compile_start
-      local = next(iter(task.train_data(config.batch_size // jax.process_count(), config.seed)))
-      self.batch = sharding.global_batch(local, mesh)
-      self.seconds_per_step(1)
+    self.run = run = build.build(config)
+    self.task = run.task
+    programs = run.compile()
+    self.step, self.state = programs.train_step, run.fresh_state(programs)
+    local = iter(run.task.train_data(run.local_batch_size, config.seed))
+    if data == "fixed":
+      self.batches = itertools.repeat(run.global_batch(next(local)))
+    elif prefetch:
+      self.batches = Prefetcher(local, run.global_batch, size=prefetch)
+    else:
+      self.batches = (run.global_batch(batch) for batch in local)
+    self.seconds_per_step(1)
     first_step_seconds = time.perf_counter() - start
 
-    tokens = config.batch_size * config.seq_len
-    self.flops_per_step = task.flops_per_example(abstract.params) * config.batch_size
-    self.peak, peak_source = throughput.peak_flops_per_device(devices[0], jnp.dtype(config.dtype))
+    unit, count = run.units_per_step
+    self.peak, peak_source = throughput.peak_flops_per_device(run.devices[0],
+                                                              jax.numpy.dtype(config.dtype))
     self.info = {
-        "device": devices[0].device_kind, "devices": len(devices), "dtype": config.dtype,
-        "batch_size": config.batch_size, "seq_len": config.seq_len, "tokens_per_step": tokens,
-        "params": sum(x.size for x in jax.tree.leaves(abstract.params)),
+        "device": run.devices[0].device_kind, "devices": len(run.devices),
+        "dtype": config.dtype, "batch_size": config.batch_size, "seq_len": config.seq_len,
+        "data": data if data == "fixed" else f"{data}, prefetch {prefetch}",
+        f"{unit}_per_step": count, "params": run.num_params,
         "first_step_seconds": round(first_step_seconds, 2),
-        "compile_seconds": round(compile_seconds, 2),
-        "flops_per_token": round(self.flops_per_step / tokens),
+        "compile_seconds": round(programs.compile_seconds, 2),
+        f"flops_per_{unit.rstrip('s')}": round(run.flops_per_step / count),
         "mfu_against": peak_source,
         "memory_gib_per_device": round(
             throughput.memory_per_device(self.step)["total"] / 2**30, 3),
@@ -81,18 +88,18 @@ class TrainStepBench:
     import jax
     start = time.perf_counter()
     for _ in range(n):
-      self.state, _ = self.step(self.state, self.batch)
+      self.state, _ = self.step(self.state, next(self.batches))
     jax.block_until_ready(self.state)
     return (time.perf_counter() - start) / n
 
   def report(self, seconds: float) -> dict:
-    from bigjax import throughput
-    devices, tokens = self.info["devices"], self.info["tokens_per_step"]
+    unit, count = self.run.units_per_step
+    devices = self.info["devices"]
     return {
         **self.info, "step_seconds": round(seconds, 5),
-        "tokens_per_sec": round(tokens / seconds, 1),
-        "tokens_per_sec_per_device": round(tokens / seconds / devices, 1),
-        "mfu": round(throughput.mfu(self.flops_per_step, seconds, devices, self.peak), 4),
+        f"{unit}_per_sec": round(count / seconds, 1),
+        f"{unit}_per_sec_per_device": round(count / seconds / devices, 1),
+        "mfu": round(throughput.mfu(self.run.flops_per_step, seconds, devices, self.peak), 4),
     }
 
 
@@ -128,7 +135,7 @@ def time_by_source(bench: TrainStepBench, steps: int) -> list[tuple[float, str]]
 def main(argv):
   del argv
   f = flags.FLAGS
-  bench = TrainStepBench(f.config)
+  bench = TrainStepBench(f.config, f.data, f.prefetch)
   if f.warmup:
     bench.seconds_per_step(f.warmup)
   best = min(bench.seconds_per_step(f.steps) for _ in range(f.rounds))

@@ -89,19 +89,14 @@ def read_checkpoint():
 
   Whatever mesh wrote it, it is read into a one-device layout, so runs on different meshes compare.
   """
-  import flax.linen as nn
   import jax
 
-  from bigjax import checkpoint, optim, sharding, train
-  from bigjax.tasks import TASKS
+  from bigjax import build, checkpoint
 
   def read(config, workdir):
-    task = TASKS[config.task](config)
-    tx, _ = optim.make_optimizer(config.optim, config.steps,
-                                 skip_nonfinite=config.on_nonfinite == "skip")
-    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-      abstract, _, _ = train.state_layout(task, tx, config, mesh)
+    one_device = config.copy_and_resolve_references()
+    one_device.mesh.update({"data": 1, "fsdp": 1, "tensor": 1})
+    abstract = build.build(one_device, jax.devices()[:1]).abstract
     ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints)
     try:
       step, state, _ = ckpt.restore(abstract)

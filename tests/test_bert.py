@@ -45,14 +45,14 @@ def test_loss_counts_only_chosen_positions(make_config):
   task = MaskedLanguageModelTask(mlm_config(make_config))
   batch = next(iter(task.train_data(4, seed=0)))
   params = task.init(jax.random.key(0), batch)["params"]
-  loss, _ = task.loss(params, batch, None, train=False)
+  loss = task.loss(params, batch, None, train=False).total
   # Changing a target where the weight is 0 leaves the loss alone; where it is 1 it does not.
   unchosen = np.argwhere(batch["weights"] == 0)[0]
   chosen = np.argwhere(batch["weights"] == 1)[0]
   for index, should_change in ((unchosen, False), (chosen, True)):
     changed = {k: v.copy() for k, v in batch.items()}
     changed["targets"][tuple(index)] = (changed["targets"][tuple(index)] + 1) % 256
-    new_loss, _ = task.loss(params, changed, None, train=False)
+    new_loss = task.loss(params, changed, None, train=False).total
     assert (abs(float(new_loss) - float(loss)) > 1e-6) == should_change
 
 

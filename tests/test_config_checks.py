@@ -7,7 +7,7 @@ import sys
 import jax
 import pytest
 
-from bigjax import optim, train
+from bigjax import build, optim, train
 from bigjax.config_checks import ConfigError, check_config
 
 
@@ -22,15 +22,32 @@ def one_line_error(match, fn, *args):
     ({"batch_size": 12}, r"batch_size=12 is not divisible by the 8 data-parallel devices"),
     ({"mesh.data": 2, "mesh.fsdp": 2}, r"needs 4 devices but 8 are present"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, r"at most one mesh axis may be -1"),
-    ({"mesh.data": 1, "mesh.tensor": 8}, r"model.num_heads=4 is not divisible by mesh.tensor=8"),
-    ({"seq_len": 128}, r"seq_len=128 is longer than model.max_len=64"),
     ({"optim.grad_accum_steps": 3}, r"grad_accum_steps=3"),
     ({"dtype": "float8"}, r"dtype='float8'"),
-    ({"model.attention": "flash"}, r"model.attention='flash'; use one of auto, blockwise"),
-    ({"model.attention_block_len": 0}, r"model.attention_block_len=0 must be positive"),
 ])
 def test_check_config_names_the_problem(make_config, overrides, match):
   one_line_error(match, check_config, make_config(**overrides), 8)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"mesh.data": 1, "mesh.tensor": 8}, r"model.num_heads=4 is not divisible by mesh.tensor=8"),
+    ({"seq_len": 128}, r"seq_len=128 is longer than model.max_len=64"),
+    ({"model.attention": "flash"}, r"model.attention='flash'; use one of auto, blockwise"),
+    ({"model.attention_block_len": 0}, r"model.attention_block_len=0 must be positive"),
+    ({"model.positions": "rotary"}, r"model.positions='rotary'; use one of learned, rope"),
+    ({"model.num_heads": 0}, r"model.num_heads=0 must be positive"),
+    ({"early_stop.metric": "eval/acc"}, r"early_stop.metric='eval/acc' is not reported by "
+                                        r"task lm; use one of eval/loss"),
+])
+def test_each_task_checks_its_own_settings(make_config, overrides, match):
+  one_line_error(match, build.build, make_config(**overrides), jax.devices())
+
+
+def test_a_vision_task_ignores_transformer_settings(make_config):
+  """The tensor axis splits heads of Transformers; an MLP on digits has none to split."""
+  config = make_config(**{"task": "classify", "data.source": "sklearn", "data.name": "digits",
+                          "model.name": "mlp", "mesh.data": 1, "mesh.tensor": 8})
+  assert build.build(config, jax.devices()).mesh_shape["tensor"] == 8
 
 
 def test_a_good_config_resolves_the_free_mesh_axis(make_config):

@@ -135,7 +135,7 @@ def test_sentencepiece_tokenizer_trains_and_round_trips(make_config, corpus_path
   model_path = str(tmp_path / "spm" / "tok.model")
   config = make_config(**{"data.tokenizer": "sentencepiece", "data.tokenizer_path": model_path,
                           "data.vocab_size": 400})
-  tok = lm_task.make_tokenizer(config, process_index=0, process_count=1)
+  tok = lm_task.make_tokenizer(config)
   assert tok.vocab_size == 400 and (tmp_path / "spm" / "tok.model").exists()
   text = "def encode(self, o):\n    return '\"' + o + '\"'  # naïve ✓"
   ids = tok.encode(text)

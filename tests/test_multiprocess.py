@@ -2,6 +2,7 @@
 resume together; if one dies, the other stops with a clear message instead of hanging."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,3 +84,40 @@ def test_dead_peer_stops_the_other_process_with_a_message(tmp_path):
   assert survivor.returncode != 0
   assert time.time() - killed_at < 60
   assert "lost a peer" in output and "restart every process" in output
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """A preemption notice reaching one process only: both save one step together and exit."""
+  workdir = str(tmp_path)
+  told, other = _start_pair(workdir, steps=100_000)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and open(metrics).read().count("train/loss") >= 2):
+    assert told.poll() is None and time.time() < deadline, "training never started"
+    time.sleep(0.05)
+  other.send_signal(signal.SIGTERM)  # process 1 alone; process 0 only learns it from process 1
+  outputs = _finish([told, other], timeout=120)  # a save only one process joined would hang
+  saved = [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  assert saved and "another process received a stop signal: saved step" in outputs[0]
+  assert f"saved step {max(map(int, saved))}" in outputs[0]
+
+
+def test_a_failure_on_process_zero_alone_is_reported_by_both(tmp_path):
+  """SentencePiece is trained on process 0 only; when it fails, process 1 says why too, at once,
+  instead of blaming a lost peer after the heartbeat."""
+  corpus = tmp_path / "tiny.txt"
+  corpus.write_text("a few words only\n" * 20)
+  port = portpicker.pick_unused_port()
+  flags = _flags(str(tmp_path / "run"), steps=4) + [
+      "--config.data.source=text", f"--config.data.path={corpus}",
+      "--config.data.tokenizer=sentencepiece",
+      f"--config.data.tokenizer_path={tmp_path / 'new.model'}", "--config.data.vocab_size=5000",
+      f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2"]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "bigjax.train", *flags, f"--config.distributed.process_id={i}"],
+      cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=120)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 2, out[-2000:]
+    assert "error: process 0 failed" in out and "lost a peer" not in out

@@ -124,7 +124,7 @@ def test_eval_scores_the_decoded_words_against_the_targets(no_network, wmt_confi
 
   def scores(outputs_BxL):  # eval, with `outputs_BxL` standing in for the model's search
     monkeypatch.setattr(task, "_decode", lambda params, source_BxS: jnp.asarray(outputs_BxL))
-    return task.eval_summary(jax.device_get(jax.jit(task.eval_sums)(params, batch)))
+    return task.eval_summary(jax.device_get(jax.jit(task.eval_sums)(params, batch))).scalars
 
   perfect = scores(batch["targets"])
   assert perfect["exact_match"] == 1 and perfect["bleu"] == pytest.approx(100)

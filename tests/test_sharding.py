@@ -1,13 +1,10 @@
 """Sharding is data: 1 device and 8 emulated devices in DP, FSDP and TP train the same model."""
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from bigjax import optim, sharding, train
-from bigjax.config_checks import check_config
-from bigjax.tasks.lm import LanguageModelTask
+from bigjax import build, sharding, train
 
 # Llama style, so every logical axis is in play: kv_heads (GQA), an untied vocab projection.
 LLAMA = {"model.positions": "rope", "model.norm": "rmsnorm", "model.mlp": "swiglu",
@@ -49,14 +46,8 @@ def test_eight_devices_train_like_one(layout, one_device, make_config, tmp_path_
 
 def layout_of(make_config, **mesh):
   """The state's shardings for `mesh` on 8 devices, without allocating or compiling."""
-  config = make_config(**LLAMA, **mesh)
-  task = LanguageModelTask(config)
-  tx, _ = optim.make_optimizer(config.optim, config.steps)
-  shape = check_config(config, 8)
-  m = sharding.make_mesh(shape, jax.devices())
-  with jax.set_mesh(m), nn.logical_axis_rules(sharding.rules(config)):
-    abstract, shardings, _ = train.state_layout(task, tx, config, m)
-  return abstract, shardings
+  run = build.build(make_config(**LLAMA, **mesh), jax.devices())
+  return run.abstract, run.shardings
 
 
 def shard_shape(abstract, shardings, *path):

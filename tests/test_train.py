@@ -4,12 +4,15 @@ losses stop (or are skipped), and metrics.jsonl records what a reader plots."""
 import math
 import os
 import shutil
+import threading
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from bigjax import train
+from bigjax.config_checks import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +77,56 @@ def test_metrics_jsonl_records_losses_and_throughput(resumed_run):
   assert final["eval/loss"] == eval_rows[-1]["eval/loss"]
 
 
-# lr=1e30 from step 0: the first update blows the weights up (their norm overflows at step 1,
-# the loss at step 2).
+# lr=1e30 from step 0: the first update makes the weights huge (about 1e30, still finite), so the
+# loss of step 2 overflows.
 EXPLODE = {"optim.lr": 1e30, "optim.warmup_steps": 0, "optim.schedule": "constant"}
 
 
 def test_non_finite_state_stops_names_the_step_and_is_never_saved(make_config, workdir):
   config = make_config(steps=4, checkpoint_every=1, **EXPLODE)
-  with pytest.raises(train.NonFiniteLoss, match=r"at step 1\b.*last good checkpoint: none"):
+  with pytest.raises(train.NonFiniteLoss, match=r"at step 2\b.*last good checkpoint: step 1\b"):
     train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
-  assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  assert [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()] == ["1"]
 
 
-def test_skip_mode_drops_non_finite_updates_and_counts_them(make_config, workdir, metrics_of):
-  config = make_config(steps=4, on_nonfinite="skip", **EXPLODE)
+@pytest.mark.parametrize("freeze", ["", "^embed/"])
+def test_skip_mode_drops_non_finite_updates_and_counts_them(make_config, workdir, metrics_of,
+                                                            freeze):
+  """Also with frozen parameters, whose optimizer wrapper once hid the skip counter."""
+  config = make_config(steps=4, on_nonfinite="skip", freeze=freeze, **EXPLODE)
   final = train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
   skipped = {r["step"]: r["train/skipped_steps"] for r in metrics_of(workdir)
              if "train/skipped_steps" in r}
   assert skipped == {1: 0, 2: 1, 3: 2, 4: 3}
   assert final["train/skipped_steps"] == 3
+
+
+def test_rerun_of_a_finished_run_reports_its_final_metrics(make_config, workdir, capsys):
+  config = make_config(steps=3, eval_every=3)
+  final = train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  again = train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  assert again["eval/loss"] == final["eval/loss"] and again["train/loss"] == final["train/loss"]
+  assert f"{workdir} finished at step 3" in capsys.readouterr().out
+
+
+def test_early_stopping_resumes_without_evaluations_during_training(make_config, workdir):
+  """eval_every=0 evaluates only at the end; a longer rerun must still count from WORKDIR/best."""
+  config = make_config(steps=2, **{"early_stop.metric": "eval/loss", "early_stop.mode": "min"})
+  train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  longer = make_config(steps=4, **{"early_stop.metric": "eval/loss", "early_stop.mode": "min"})
+  final = train.train_and_evaluate(longer, workdir, devices=jax.devices()[:1])
+  assert final["best/step"] in (2, 4)
+
+
+def test_runs_from_a_thread_with_an_unlocked_config(make_config, workdir):
+  """As from a notebook: no signal handlers off the main thread, and typos still fail."""
+  config = ml_collections.ConfigDict(make_config(steps=2).to_dict())  # unlocked
+  results = {}
+  thread = threading.Thread(target=lambda: results.update(
+      train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])))
+  thread.start()
+  thread.join()
+  assert "train/loss" in results
+  config.optim.lrr = 1e-3
+  with pytest.raises(ConfigError, match=r"optim\.lrr is unknown; did you mean optim\.lr\?"):
+    train.train_and_evaluate(config, workdir + "2", devices=jax.devices()[:1])

@@ -1,7 +1,7 @@
 """Tokenizers: bytes by default (no file, no training), SentencePiece for real corpora."""
 
 import os
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -58,3 +58,14 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._sp.decode([int(i) for i in ids if i != self.eos_id])
+
+
+def sentencepiece(path: str, vocab_size: int,
+                  texts: Callable[[], Iterable[str]]) -> SentencePieceTokenizer:
+  """The SentencePiece model at `path`, trained first from `texts()` when the file is missing:
+  on process 0 alone, the others waiting for it (and failing with its error if it fails)."""
+  from bigjax import multihost
+
+  if not os.path.exists(path):
+    multihost.on_primary(lambda: SentencePieceTokenizer.train(texts(), path, vocab_size))
+  return SentencePieceTokenizer(path)

@@ -19,6 +19,12 @@ import ml_collections
 from bigjax.config_checks import ConfigError
 from bigjax.models import blockwise_attention
 
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+# "auto": blockwise on CPUs, jax.nn.dot_product_attention's own pick elsewhere (see Attention).
+ATTENTION = ("auto", "blockwise", "xla", "cudnn")
+
 Cache = dict[str, jax.Array]  # {"k": BxSxGxK, "v": BxSxGxK} for one layer (NxBxSxGxK when scanned)
 
 
@@ -76,7 +82,40 @@ class TransformerConfig:
         dtype=jnp.dtype(config.dtype),
     )
     fields.update(overrides)
-    return cls(**fields)
+    if config.seq_len > m.max_len:
+      raise ConfigError(f"seq_len={config.seq_len} is longer than model.max_len={m.max_len}; "
+                        f"raise model.max_len or shorten seq_len")
+    return cls(**fields).checked()
+
+  def checked(self) -> "TransformerConfig":
+    """Itself, once every setting is known to work; a one-line ConfigError otherwise."""
+    choices = {"positions": POSITIONS, "norm": NORMS, "mlp": MLPS, "attention": ATTENTION,
+               "remat": ("none", *REMAT_POLICIES)}
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ConfigError(f"model.{name}={getattr(self, name)!r}; use one of "
+                          f"{', '.join(allowed)}")
+    for name in ("num_layers", "num_heads", "num_kv_heads", "d_model", "d_ff", "max_len",
+                 "attention_block_len"):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f"model.{name}={getattr(self, name)} must be positive")
+    if self.d_model % self.num_heads:
+      raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                        f"{self.num_heads}")
+    if self.num_heads % self.num_kv_heads:
+      raise ConfigError(f"model.num_heads={self.num_heads} is not divisible by "
+                        f"model.num_kv_heads={self.num_kv_heads}")
+    if not 0 <= self.dropout < 1:
+      raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
+    return self
+
+  def check_mesh(self, mesh_shape: dict[str, int]) -> None:
+    """Tensor parallelism splits heads, key/value heads and the MLP width: each must divide."""
+    tensor = mesh_shape["tensor"]
+    for name in ("num_heads", "num_kv_heads", "d_ff"):
+      if getattr(self, name) % tensor:
+        raise ConfigError(f"model.{name}={getattr(self, name)} is not divisible by mesh.tensor="
+                          f"{tensor}; pick a tensor axis that divides it")
 
 
 def normal_init(std: float, axes: tuple[str | None, ...]):
@@ -240,9 +279,6 @@ def stack_layers(block_cls, cfg: TransformerConfig, num_broadcast_args: int):
   compiles one block instead of N, which keeps compile time flat in depth.
   """
   if cfg.remat != "none":
-    if cfg.remat not in REMAT_POLICIES:
-      raise ConfigError(f"model.remat={cfg.remat!r}; use one of none, "
-                        f"{', '.join(REMAT_POLICIES)}")
     block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat],
                          prevent_cse=not cfg.scan_layers)
   if not cfg.scan_layers:

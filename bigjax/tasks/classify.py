@@ -13,6 +13,7 @@ import optax
 from bigjax import metrics, plots
 from bigjax.config_checks import ConfigError
 from bigjax.models import vision
+from bigjax.tasks.base import Loss, Report
 from bigjax.tasks.examples import ExamplesTask
 
 CLASSIFIERS = ("mlp", "cnn", "vit")
@@ -20,6 +21,8 @@ CLASSIFIERS = ("mlp", "cnn", "vit")
 
 class ClassifyTask(ExamplesTask):
   """Weighted cross-entropy on (image, label, weight) batches; padding rows have weight 0."""
+
+  metric_names = metrics.CLASSIFICATION_METRICS
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
@@ -48,18 +51,24 @@ class ClassifyTask(ExamplesTask):
     logits_BxO = self.model.apply({"params": params}, batch["image"], train=train,
                                   rngs={"dropout": rng}).astype(jnp.float32)
     loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxO, batch["label"])
-    accuracy = (logits_BxO.argmax(-1) == batch["label"]).mean()
-    return (loss_B * batch["weight"]).sum() / batch["weight"].sum(), {"accuracy": accuracy}
+    weight_B = batch["weight"]
+    correct_B = logits_BxO.argmax(-1) == batch["label"]
+    return Loss(total=(loss_B * weight_B).sum(), weight=weight_B.sum(),
+                metrics={"accuracy": (correct_B * weight_B).sum()})
 
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     logits_BxO = self.model.apply({"params": params}, batch["image"])
     return metrics.classification_sums(logits_BxO, batch["label"], batch["weight"])
 
-  def eval_summary(self, sums) -> dict:
-    """Scalars, and images (HxWx3 uint8) of the confusion matrix and the ROC curves."""
-    return metrics.classification_summary(sums) | {
-        "confusion_matrix": plots.confusion_matrix(np.asarray(sums["confusion"])),
-        "roc": plots.roc_curves(np.asarray(sums["auc_positives"]),
-                                np.asarray(sums["auc_negatives"]))}
+  def eval_summary(self, sums) -> Report:
+    return classification_report(sums)
+
+
+def classification_report(sums) -> Report:
+  """Scalars, and images of the confusion matrix and the ROC curves."""
+  return Report(metrics.classification_summary(sums), images={
+      "confusion_matrix": plots.confusion_matrix(np.asarray(sums["confusion"])),
+      "roc": plots.roc_curves(np.asarray(sums["auc_positives"]),
+                              np.asarray(sums["auc_negatives"]))})
 
 

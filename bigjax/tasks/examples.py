@@ -9,17 +9,17 @@ import jax.numpy as jnp
 import ml_collections
 
 from bigjax.data import arrays
+from bigjax.tasks.base import Task
 
 
-class ExamplesTask:
+class ExamplesTask(Task):
   """Base of the array tasks; subclasses add the model, `batch_spec`, `loss` and eval metrics."""
 
   throughput_unit = ("examples", 1)  # the loop counts examples, not tokens
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int, process_count: int,
                kind: str):
-    self.config = config
-    self.process_index, self.process_count = process_index, process_count
+    super().__init__(config, process_index, process_count)
     self.num_classes = arrays.check_source(config.data, kind)  # 0 for a regression target
     self.train_examples = arrays.examples(config.data, "train")
     self.test_examples = arrays.examples(config.data, "test")
@@ -43,6 +43,3 @@ class ExamplesTask:
     x = jax.ShapeDtypeStruct((1, *self.model_cfg.input_shape), jnp.float32)
     forward = jax.jit(lambda p, x: self.model.apply({"params": p}, x)).lower(params, x)
     return 3 * float(forward.cost_analysis()["flops"])
-
-  def finish(self, params, rng) -> dict:
-    return {}

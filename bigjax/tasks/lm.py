@@ -1,6 +1,5 @@
 """Next-token prediction with a decoder-only Transformer (GPT-2 and Llama configs)."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -12,39 +11,36 @@ from bigjax import generate
 from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
 from bigjax.data import sources
-from bigjax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
+from bigjax.data import tokenizers
 from bigjax.throughput import decoder_flops_per_token
 from bigjax.models import gpt
 from bigjax.models.layers import TransformerConfig
+from bigjax.tasks.base import Loss, Report, TransformerTask
 
 
-def make_tokenizer(config: ml_collections.ConfigDict, process_index: int, process_count: int):
+def make_tokenizer(config: ml_collections.ConfigDict):
   data = config.data
   if data.tokenizer == "byte":
-    return ByteTokenizer()
+    return tokenizers.ByteTokenizer()
   if data.tokenizer != "sentencepiece":
     raise ConfigError(f"data.tokenizer={data.tokenizer!r}; use byte or sentencepiece")
   if not data.tokenizer_path:
     raise ConfigError("data.tokenizer='sentencepiece' needs data.tokenizer_path")
-  if not os.path.exists(data.tokenizer_path):
-    if process_index == 0:
-      SentencePieceTokenizer.train(sources.documents(data, "train"), data.tokenizer_path,
-                                   data.vocab_size)
-    if process_count > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("sentencepiece trained")
-  return SentencePieceTokenizer(data.tokenizer_path)
+  return tokenizers.sentencepiece(data.tokenizer_path, data.vocab_size,
+                                  lambda: sources.documents(data, "train"))
 
 
-class LanguageModelTask:
+class LanguageModelTask(TransformerTask):
   """Packed next-token prediction; eval reports loss, perplexity and next-token accuracy."""
+
+  metric_names = ("loss", "perplexity", "accuracy")
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
-    self.config = config
-    self.process_index, self.process_count = process_index, process_count
+    super().__init__(config, process_index, process_count)
+    self.throughput_unit = ("tokens", config.seq_len)
     sources.check_source(config.data)
-    self.tokenizer = make_tokenizer(config, process_index, process_count)
+    self.tokenizer = make_tokenizer(config)
     self.model_cfg = TransformerConfig.from_config(config, self.tokenizer.vocab_size)
     self.model = gpt.Decoder(self.model_cfg)
 
@@ -63,7 +59,7 @@ class LanguageModelTask:
                                        rngs={"dropout": rng})
     loss_BxL = optax.softmax_cross_entropy_with_integer_labels(
         logits_BxLxV.astype(jnp.float32), batch["targets"])
-    return loss_BxL.mean(), {}
+    return Loss(total=loss_BxL.sum(), weight=jnp.float32(loss_BxL.size))
 
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     logits_BxLxV, _ = self.model.apply({"params": params}, batch["inputs"])
@@ -72,10 +68,10 @@ class LanguageModelTask:
     correct_BxL = jnp.argmax(logits_BxLxV, -1) == batch["targets"]
     return {"loss": loss_BxL.sum(), "correct": correct_BxL.sum(), "tokens": loss_BxL.size}
 
-  def eval_summary(self, sums) -> dict[str, float]:
+  def eval_summary(self, sums) -> Report:
     loss = float(sums["loss"] / sums["tokens"])
-    return {"loss": loss, "perplexity": float(np.exp(loss)),
-            "accuracy": float(sums["correct"] / sums["tokens"])}
+    return Report({"loss": loss, "perplexity": float(np.exp(loss)),
+                   "accuracy": float(sums["correct"] / sums["tokens"])})
 
   def train_data(self, local_batch: int, seed: int):
     windows = self._windows("train")
@@ -94,17 +90,17 @@ class LanguageModelTask:
     L = self.config.seq_len
     return decoder_flops_per_token(n, cfg.num_layers, L, cfg.d_model) * L
 
-  def finish(self, params, rng) -> dict[str, str]:
+  def finish(self, params, rng) -> Report:
     """A text sample from the trained model, continuing `config.sample.prompt`."""
     s = self.config.sample
     if not s.prompt:
-      return {}
+      return Report()
     prompt = self.tokenizer.encode(s.prompt)[None]
     room = self.model_cfg.max_len - prompt.shape[1]
     tokens_BxT = generate.generate(self.model, params, jnp.asarray(prompt), rng,
                                    max_new_tokens=min(s.max_new_tokens, room),
                                    temperature=s.temperature, top_k=s.top_k)
-    return {"sample": self.tokenizer.decode(np.asarray(tokens_BxT[0]))}
+    return Report(texts={"sample": self.tokenizer.decode(np.asarray(tokens_BxT[0]))})
 
   # Data.
 

@@ -16,6 +16,7 @@ from bigjax.data import lm as lm_data
 from bigjax.data import sources, text_tasks
 from bigjax.models import bert
 from bigjax.models.layers import TransformerConfig
+from bigjax.tasks.base import Loss, Report, TransformerTask
 from bigjax.tasks.lm import make_tokenizer
 from bigjax.throughput import decoder_flops_per_token
 
@@ -31,10 +32,11 @@ def encoder_flops_per_example(params, cfg: TransformerConfig, seq_len: int) -> f
   return decoder_flops_per_token(n, cfg.num_layers, seq_len, cfg.d_model, causal=False) * seq_len
 
 
-class MaskedLanguageModelTask:
+class MaskedLanguageModelTask(TransformerTask):
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
+    super().__init__(config, process_index, process_count)
     m = config.mlm
     if not 0 < m.mask_rate < 1:
       raise ConfigError(f"mlm.mask_rate={m.mask_rate} must lie strictly between 0 and 1")
@@ -43,9 +45,10 @@ class MaskedLanguageModelTask:
     if config.seq_len < (5 if m.nsp else 3):
       raise ConfigError(f"seq_len={config.seq_len} leaves no room for text between [CLS] and "
                         f"[SEP]; use a longer seq_len")
-    self.config = config
-    self.process_index, self.process_count = process_index, process_count
-    self.tokenizer = make_tokenizer(config, process_index, process_count)
+    self.throughput_unit = ("tokens", config.seq_len)
+    self.metric_names = ("loss", "masked_accuracy") + (
+        ("nsp_loss", "nsp_accuracy") if m.nsp else ())
+    self.tokenizer = make_tokenizer(config)
     self.special = text_tasks.SpecialTokens(self.tokenizer.vocab_size)
     self.model_cfg = encoder_config(config, self.special)
     self.model = bert.MaskedLM(self.model_cfg, config.model.token_types, m.nsp)
@@ -81,15 +84,17 @@ class MaskedLanguageModelTask:
              nsp_Bx2)
     return loss_BxL, logits_BxLxV, nsp
 
-  def loss(self, params, batch, rng, train: bool):
+  def loss(self, params, batch, rng, train: bool) -> Loss:
     loss_BxL, _, nsp = self._losses(params, batch, rng, train)
-    weights_BxL = batch["weights"]
-    # Only the chosen positions are graded: unchosen ones carry weight 0.
-    mlm_loss = (loss_BxL * weights_BxL).sum() / jnp.maximum(weights_BxL.sum(), 1.0)
+    weights_BxL = batch["weights"]  # only the chosen positions are graded
     if nsp is None:
-      return mlm_loss, {}
-    nsp_loss = nsp[0].mean()
-    return mlm_loss + nsp_loss, {"mlm_loss": mlm_loss, "nsp_loss": nsp_loss}
+      return Loss(total=(loss_BxL * weights_BxL).sum(), weight=weights_BxL.sum())
+    # Per example: its masked-LM mean plus its NSP loss. Every window has the same number of
+    # chosen positions, so the batch mean equals BERT's token mean plus example mean.
+    mlm_B = (loss_BxL * weights_BxL).sum(-1) / jnp.maximum(weights_BxL.sum(-1), 1.0)
+    nsp_B = nsp[0]
+    return Loss(total=(mlm_B + nsp_B).sum(), weight=jnp.float32(mlm_B.size),
+                metrics={"mlm_loss": mlm_B.sum(), "nsp_loss": nsp_B.sum()})
 
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     loss_BxL, logits_BxLxV, nsp = self._losses(params, batch)
@@ -102,13 +107,13 @@ class MaskedLanguageModelTask:
                "nsp_correct": (jnp.argmax(nsp[1], -1) == batch["nsp_labels"]).sum()}
     return sums
 
-  def eval_summary(self, sums) -> dict[str, float]:
+  def eval_summary(self, sums) -> Report:
     out = {"loss": float(sums["loss"] / sums["masked"]),
            "masked_accuracy": float(sums["correct"] / sums["masked"])}
     if "nsp_loss" in sums:
       out |= {"nsp_loss": float(sums["nsp_loss"] / sums["nsp_examples"]),
               "nsp_accuracy": float(sums["nsp_correct"] / sums["nsp_examples"])}
-    return out
+    return Report(out)
 
   def train_data(self, local_batch: int, seed: int):
     return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
@@ -119,10 +124,6 @@ class MaskedLanguageModelTask:
 
   def flops_per_example(self, params) -> float:
     return encoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
-
-  def finish(self, params, rng) -> dict[str, str]:
-    del params, rng  # an encoder has no text to sample
-    return {}
 
   # Data.
 

@@ -15,6 +15,7 @@ import optax
 from bigjax import plots
 from bigjax.config_checks import ConfigError
 from bigjax.models import vision
+from bigjax.tasks.base import Loss, Report
 from bigjax.tasks.examples import ExamplesTask
 
 AUTOENCODERS = ("autoencoder", "vae")
@@ -37,6 +38,8 @@ class ReconstructTask(ExamplesTask):
       raise ConfigError(f"{len(config.model.channels)} stride-2 convs (model.channels) need "
                         f"image sides divisible by {shrink}, not {image_shape[:2]}; use fewer")
     self.variational = config.model.name == "vae"
+    # A plain autoencoder has no KL term to report.
+    self.metric_names = ("loss", "reconstruction", "kl") if self.variational else ("loss",)
     self.model_cfg = vision.VisionConfig.from_config(config, image_shape, num_outputs=0)
     self.model = vision.MODELS[config.model.name](self.model_cfg)
 
@@ -69,9 +72,10 @@ class ReconstructTask(ExamplesTask):
   def loss(self, params, batch, rng, train: bool):
     reconstruction_B, kl_B = self._losses(params, batch["image"], rng)
     weights_B = batch["weight"]
-    mean = lambda x_B: (weights_B * x_B).sum() / weights_B.sum()
-    return mean(reconstruction_B + kl_B), {"reconstruction": mean(reconstruction_B),
-                                           "kl": mean(kl_B)}
+    total = lambda x_B: (weights_B * x_B).sum()
+    parts = {"reconstruction": total(reconstruction_B), "kl": total(kl_B)}
+    return Loss(total=total(reconstruction_B + kl_B), weight=weights_B.sum(),
+                metrics=parts if self.variational else {})
 
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     rng = jax.random.key(EVAL_NOISE_SEED)
@@ -80,14 +84,14 @@ class ReconstructTask(ExamplesTask):
     return {"reconstruction": (weights_B * reconstruction_B).sum(),
             "kl": (weights_B * kl_B).sum(), "count": weights_B.sum()}
 
-  def eval_summary(self, sums) -> dict[str, float]:
+  def eval_summary(self, sums) -> Report:
     """Per image: the loss (the negative ELBO for a VAE), its reconstruction and KL parts."""
     n = float(sums["count"])
     reconstruction, kl = float(sums["reconstruction"]) / n, float(sums["kl"]) / n
-    return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
+    scores = {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
+    return Report({name: scores[name] for name in self.metric_names})
 
-
-  def finish(self, params, rng) -> dict[str, np.ndarray]:
+  def finish(self, params, rng) -> Report:
     """Image grids: test images (odd rows) above their reconstructions, and VAE samples."""
     originals_BxHxWxC = np.stack([self.test_examples[i]["image"] for i in range(GRID_IMAGES)])
     logits_BxHxWxC, _, _ = jax.jit(self.model.apply)({"params": params}, originals_BxHxWxC)
@@ -101,4 +105,4 @@ class ReconstructTask(ExamplesTask):
                                                      method=vision.AutoEncoder.decode))
       samples_BxHxWxC = np.asarray(jax.nn.sigmoid(decode(params, z_BxZ)), np.float32)
       grids["samples"] = plots.image_grid(samples_BxHxWxC, columns=8)
-    return grids
+    return Report(images=grids)

@@ -13,11 +13,14 @@ import numpy as np
 from bigjax import metrics
 from bigjax.config_checks import ConfigError
 from bigjax.models import vision
+from bigjax.tasks.base import Loss, Report
 from bigjax.tasks.examples import ExamplesTask
 
 
 class RegressTask(ExamplesTask):
   """Weighted MSE on (features, target, weight) batches; padding rows have weight 0."""
+
+  metric_names = ("mse", "rmse", "mae", "r2")
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
@@ -51,12 +54,12 @@ class RegressTask(ExamplesTask):
     preds_B = self._predict(params, batch["features"], rng, train)
     standardized_error_B = (preds_B - batch["target"]) / self.target_std
     weights_B = batch["weight"]
-    return (weights_B * standardized_error_B**2).sum() / weights_B.sum(), {}
+    return Loss(total=(weights_B * standardized_error_B**2).sum(), weight=weights_B.sum())
 
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     return metrics.regression_sums(self._predict(params, batch["features"]), batch["target"],
                                    batch["weight"])
 
-  def eval_summary(self, sums) -> dict[str, float]:
-    return metrics.regression_summary(sums)
+  def eval_summary(self, sums) -> Report:
+    return Report(metrics.regression_summary(sums))
 

@@ -15,7 +15,6 @@ longer than seq_len are cut, so BLEU's references are cut too. Eval also reports
 loss and token accuracy.
 """
 
-import os
 
 import flax.linen as nn
 import jax
@@ -28,9 +27,10 @@ from jax.experimental import multihost_utils
 from bigjax import bleu
 from bigjax.config_checks import ConfigError
 from bigjax.data import text_tasks
-from bigjax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
+from bigjax.data import tokenizers
 from bigjax.models import seq2seq
 from bigjax.models.layers import TransformerConfig
+from bigjax.tasks.base import Loss, Report, TransformerTask
 from bigjax.throughput import decoder_flops_per_token
 
 SYNTHETIC_EXAMPLES = 10**8  # the synthetic sets are endless in practice: pair i is drawn from i
@@ -38,7 +38,9 @@ EVAL_SEED_OFFSET = 1  # synthetic eval pairs come from another seed than train p
 TOKENIZER_PAIRS = 100_000  # evenly spaced train pairs whose two sides train the SentencePiece model
 
 
-class Seq2SeqTask:
+class Seq2SeqTask(TransformerTask):
+
+  metric_names = ("loss", "token_accuracy", "exact_match", "bleu")
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
@@ -52,8 +54,8 @@ class Seq2SeqTask:
     if d.source == "tfds" and (d.tokenizer != "sentencepiece" or not d.tokenizer_path):
       raise ConfigError("translation (data.source='tfds') needs data.tokenizer='sentencepiece' "
                         "and data.tokenizer_path (a model file, trained there if missing)")
-    self.config = config
-    self.process_index, self.process_count = process_index, process_count
+    super().__init__(config, process_index, process_count)
+    self.throughput_unit = ("tokens", config.seq_len)
     self._pairs_of_split = {}
     self._pairs("train")  # checks data.name (and opens the tfds split) now, not at the first batch
     self.tokenizer = self._make_tokenizer()
@@ -80,7 +82,7 @@ class Seq2SeqTask:
 
   def loss(self, params, batch, rng, train: bool):
     loss_BxL, _, real_BxL = self._token_losses(params, batch, rng, train)
-    return (loss_BxL * real_BxL).sum() / jnp.maximum(real_BxL.sum(), 1), {}
+    return Loss(total=(loss_BxL * real_BxL).sum(), weight=real_BxL.sum().astype(jnp.float32))
 
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     loss_BxL, logits_BxLxV, real_BxL = self._token_losses(params, batch)
@@ -98,14 +100,14 @@ class Seq2SeqTask:
             "tokens": real_BxL.sum(), "exact": exact_B.sum(), "examples": exact_B.size,
             "bleu": bleu_statistics}
 
-  def eval_summary(self, sums) -> dict[str, float]:
+  def eval_summary(self, sums) -> Report:
     # Smoothed as sacrebleu's corpus BLEU is by default: it changes the score only while some
     # n-gram order has no match in the whole eval set, early in training, where it gives a small
     # rising figure instead of a flat 0.
-    return {"loss": float(sums["loss"] / sums["tokens"]),
-            "token_accuracy": float(sums["correct"] / sums["tokens"]),
-            "exact_match": float(sums["exact"] / sums["examples"]),
-            "bleu": bleu.score(sums["bleu"], smooth=True)}
+    return Report({"loss": float(sums["loss"] / sums["tokens"]),
+                   "token_accuracy": float(sums["correct"] / sums["tokens"]),
+                   "exact_match": float(sums["exact"] / sums["examples"]),
+                   "bleu": bleu.score(sums["bleu"], smooth=True)})
 
   def train_data(self, local_batch: int, seed: int):
     return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
@@ -120,7 +122,7 @@ class Seq2SeqTask:
     n = sum(x.size for x in jax.tree.leaves(params))
     return 2 * decoder_flops_per_token(n / 2, cfg.num_layers, L, cfg.d_model, causal=False) * L
 
-  def finish(self, params, rng) -> dict[str, str]:
+  def finish(self, params, rng) -> Report:
     """A few decoded validation examples, as source -> output (target)."""
     del rng
     batch = next(iter(self.eval_data(4, 1)))
@@ -130,7 +132,7 @@ class Seq2SeqTask:
     text = lambda ids: self.tokenizer.decode(i for i in ids if i < self.tokenizer.vocab_size)
     lines = [f"{text(x)} -> {text(y)} ({text(t)})"
              for x, y, t in zip(batch["inputs"], outputs_BxL, batch["targets"])]
-    return {"decoded": "\n".join(lines)}
+    return Report(texts={"decoded": "\n".join(lines)})
 
   # Decoding and scoring.
 
@@ -159,16 +161,11 @@ class Seq2SeqTask:
   def _make_tokenizer(self):
     d = self.config.data
     if d.source == "synthetic":
-      return ByteTokenizer()
-    if not os.path.exists(d.tokenizer_path):
-      if self.process_index == 0:
-        pair, size = self._pairs("train")
-        sample = np.linspace(0, size - 1, min(size, TOKENIZER_PAIRS)).round().astype(int)
-        texts = (text for i in sample for text in pair(int(i)))
-        SentencePieceTokenizer.train(texts, d.tokenizer_path, d.vocab_size)
-      if self.process_count > 1:
-        multihost_utils.sync_global_devices("sentencepiece trained")
-    return SentencePieceTokenizer(d.tokenizer_path)
+      return tokenizers.ByteTokenizer()
+    pair, size = self._pairs("train")
+    sample = np.linspace(0, size - 1, min(size, TOKENIZER_PAIRS)).round().astype(int)
+    return tokenizers.sentencepiece(d.tokenizer_path, d.vocab_size,
+                                    lambda: (text for i in sample for text in pair(int(i))))
 
   def _pairs(self, split: str):
     """(pair i of `split` as (source, target) text, number of pairs), opened once per split."""

@@ -18,11 +18,15 @@ from bigjax import metrics
 from bigjax.config_checks import ConfigError
 from bigjax.data import text_tasks
 from bigjax.models import bert
+from bigjax.tasks.base import Loss, Report, TransformerTask
+from bigjax.tasks.classify import classification_report
 from bigjax.tasks.lm import make_tokenizer
 from bigjax.tasks.mlm import encoder_config, encoder_flops_per_example
 
 
-class TextClassificationTask:
+class TextClassificationTask(TransformerTask):
+
+  metric_names = metrics.CLASSIFICATION_METRICS
 
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
@@ -31,9 +35,9 @@ class TextClassificationTask:
                         f"stdlib (package families) or tfds (imdb_reviews)")
     if config.seq_len < 3:
       raise ConfigError(f"seq_len={config.seq_len} leaves no room for text; use at least 3")
-    self.config = config
-    self.process_index, self.process_count = process_index, process_count
-    self.tokenizer = make_tokenizer(config, process_index, process_count)
+    super().__init__(config, process_index, process_count)
+    self.throughput_unit = ("tokens", config.seq_len)
+    self.tokenizer = make_tokenizer(config)
     self.special = text_tasks.SpecialTokens(self.tokenizer.vocab_size)
     self._splits = {}
     self.class_names = self._examples("train").class_names
@@ -57,16 +61,17 @@ class TextClassificationTask:
   def loss(self, params, batch, rng, train: bool):
     logits_BxC = self._logits(params, batch, rng, train).astype(jnp.float32)
     loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["labels"])
-    accuracy = (logits_BxC.argmax(-1) == batch["labels"]).mean()
-    return loss_B.mean(), {"accuracy": accuracy}
+    correct_B = logits_BxC.argmax(-1) == batch["labels"]
+    return Loss(total=loss_B.sum(), weight=jnp.float32(loss_B.size),
+                metrics={"accuracy": correct_B.sum()})
 
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     logits_BxC = self._logits(params, batch)
     return metrics.classification_sums(logits_BxC, batch["labels"],
                                        jnp.ones(batch["labels"].shape, jnp.float32))
 
-  def eval_summary(self, sums) -> dict[str, float]:
-    return metrics.classification_summary(sums)
+  def eval_summary(self, sums) -> Report:
+    return classification_report(sums)
 
   def train_data(self, local_batch: int, seed: int):
     return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
@@ -77,10 +82,6 @@ class TextClassificationTask:
 
   def flops_per_example(self, params) -> float:
     return encoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
-
-  def finish(self, params, rng) -> dict[str, str]:
-    del params, rng  # the final eval already reported every metric
-    return {}
 
   # Data.
 
