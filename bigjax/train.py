@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bigjax import build, checkpoint, config_checks, multihost, sweeps, throughput, tracking
+from bigjax import build, checkpoint, cli, config_checks, multihost, sweeps, throughput, tracking
 from bigjax.config_checks import ConfigError
 from bigjax.data.prefetch import Prefetcher
 from bigjax.step import SAMPLE_STREAM
@@ -386,24 +386,6 @@ def main(argv) -> None:
     os._exit(3)  # skip JAX's exit barrier: it would wait for the dead peer, then abort noisily
 
 
-def parse_flags(argv):
-  """absl's parsing, with a bad flag or config override reported in one line, not a traceback."""
-  from absl import flags
-  try:
-    argv = flags.FLAGS(argv)
-    flags.FLAGS.config.task  # config_flags loads the file lazily: fail here, not mid-run
-    return argv
-  except Exception as e:  # config_flags raises KeyError/TypeError/ValueError/OSError as it goes
-    detail = e.__cause__ or e
-    while isinstance(detail, KeyError) and detail.args:  # a KeyError's str() is its repr
-      detail = detail.args[0]
-    text = str(detail).replace("\\n", "\n").replace("\\'", "'")  # undo repr() escapes
-    text = text[1:-1] if text[:1] == text[-1:] == "'" else text
-    print("error: " + "; ".join(line.strip() for line in str(text).splitlines() if line.strip()),
-          file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
@@ -412,4 +394,4 @@ if __name__ == "__main__":
   sys.argv = sweeps.overrides_as_flags(sys.argv)
   config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and logs go here")
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

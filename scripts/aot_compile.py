@@ -231,7 +231,7 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
-  from bigjax.train import parse_flags
+  from bigjax.cli import parse_flags
 
   config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
   flags.DEFINE_string("topology", "v5e-4", "TPU slice: v5p-64, v5e-16, v6e-8, v4-32, v5p:2x4x4")

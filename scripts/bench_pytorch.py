@@ -105,5 +105,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from bigjax.train import parse_flags
+  from bigjax.cli import parse_flags
   app.run(main, flags_parser=parse_flags)
