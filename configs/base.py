@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.tokenizer_path = ""  # SentencePiece model file; trained on the train split if missing
   c.data.vocab_size = 8000  # SentencePiece vocabulary when training a new tokenizer
   c.data.val_fraction = 0.1  # share held out for validation when the source has no split
+  c.data.chat_template = ""  # conversations as text: "" (none), "plain" (bigjax.data.chat), or a Jinja template
 
   c.model = ml_collections.ConfigDict()
   c.model.num_layers = 4  # Transformer blocks
