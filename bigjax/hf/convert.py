@@ -44,7 +44,12 @@ def model_config(hf: dict) -> ml_collections.ConfigDict:
   from configs import base  # the schema: every key a config may hold
 
   config = base.get_config()
-  config.update_from_flattened_dict(architecture(hf).from_hf(hf))
+  try:
+    overrides = architecture(hf).from_hf(hf)
+  except KeyError as e:
+    raise ConfigError(f"config.json lacks {e.args[0]}, which {hf['architectures'][0]} "
+                      f"needs") from None
+  config.update_from_flattened_dict(overrides)
   config.seq_len = min(config.seq_len, config.model.max_len)
   return config
 

@@ -2,7 +2,8 @@
 
 GPT-2's Conv1D stores kernels as (inputs, outputs) like bigjax, so nothing is transposed; its
 `c_attn` fuses the query, key and value projections along the output axis. The head is tied to the
-token embedding unless `tie_word_embeddings` is false. Files saved from `GPT2Model` lack the
+token embedding (an untied GPT-2 head has no bias, which bigjax's biased output layer cannot
+express, so `tie_word_embeddings=false` is refused). Files saved from `GPT2Model` lack the
 `transformer.` prefix; older files carry the causal-mask buffers `attn.bias` / `attn.masked_bias`.
 """
 
@@ -20,9 +21,9 @@ NOT_APPLIED = ("attn_pdrop",)  # training-only settings bigjax has no counterpar
 
 
 def ignored(config) -> re.Pattern:
-  """Tensors a file may hold that are not parameters: mask buffers, a tied head's copy."""
-  tied = r"|^lm_head\.weight$" if config.model.tie_embeddings else ""
-  return re.compile(r"\.attn\.(bias|masked_bias)$" + tied)
+  """Tensors a file may hold that are not parameters: mask buffers, the tied head's copy."""
+  del config
+  return re.compile(r"\.attn\.(bias|masked_bias)$|^lm_head\.weight$")
 
 
 def from_hf(hf: dict) -> dict:
@@ -30,6 +31,7 @@ def from_hf(hf: dict) -> dict:
   require(hf, "scale_attn_weights", (True,), True)
   require(hf, "scale_attn_by_inverse_layer_idx", (False,), False)
   require(hf, "add_cross_attention", (False,), False)
+  require(hf, "tie_word_embeddings", (True,), True)
   activation = require(hf, "activation_function", tuple(ACTIVATIONS), "gelu_new")
   d = hf["n_embd"]
   return {"task": "lm", "model.vocab_size": hf["vocab_size"], "model.num_layers": hf["n_layer"],
@@ -37,14 +39,14 @@ def from_hf(hf: dict) -> dict:
           "model.d_ff": hf.get("n_inner") or 4 * d, "model.max_len": hf["n_positions"],
           "model.positions": "learned", "model.norm": "layernorm",
           "model.norm_eps": hf.get("layer_norm_epsilon", 1e-5), "model.mlp": ACTIVATIONS[activation],
-          "model.use_bias": True, "model.tie_embeddings": hf.get("tie_word_embeddings", True),
+          "model.use_bias": True, "model.tie_embeddings": True,
           "model.dropout": hf.get("resid_pdrop", 0.0)}
 
 
 def to_hf(task, special_ids: dict[str, int]) -> dict:
   """The run's model -> config.json, or a one-line error naming what GPT-2 cannot express."""
   m: TransformerConfig = task.model_cfg
-  for name, want in (("norm", "layernorm"), ("use_bias", True)):
+  for name, want in (("norm", "layernorm"), ("use_bias", True), ("tie_embeddings", True)):
     if getattr(m, name) != want:
       raise ConfigError(f"model.{name}={getattr(m, name)!r}: GPT-2 has {name}={want!r}, so this "
                         f"run cannot be written as GPT2LMHeadModel")
@@ -57,7 +59,7 @@ def to_hf(task, special_ids: dict[str, int]) -> dict:
           "n_layer": m.num_layers, "n_head": m.num_heads, "n_inner": m.d_ff,
           "activation_function": activation, "layer_norm_epsilon": m.norm_eps or 1e-5,
           "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": 0.0,
-          "tie_word_embeddings": m.tie_embeddings, "bos_token_id": special_ids.get("bos"),
+          "tie_word_embeddings": True, "bos_token_id": special_ids.get("bos"),
           "eos_token_id": special_ids.get("eos")}
 
 
@@ -67,8 +69,7 @@ def tensors(config) -> tuple[list[Tensor], list[Tensor]]:
            Tensor("transformer.wpe.weight", "pos_embed/embedding"),
            Tensor("transformer.ln_f.weight", "final_norm/scale"),
            Tensor("transformer.ln_f.bias", "final_norm/bias")]
-  if not config.model.tie_embeddings:
-    outer.append(Tensor("lm_head.weight", "unembed/kernel", "linear"))
+  del config  # every GPT-2 here has the same tensors
   h = "transformer.h.{i}."
   qkv = ("attn/query", "attn/key", "attn/value")
   layer = [Tensor(h + "ln_1.weight", "attn_norm/scale"), Tensor(h + "ln_1.bias", "attn_norm/bias"),
