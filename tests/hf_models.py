@@ -64,27 +64,27 @@ def save_wordpiece_tokenizer(directory: str) -> transformers.PreTrainedTokenizer
   return tokenizer
 
 
-def gpt2(**overrides) -> transformers.GPT2LMHeadModel:
+def gpt2(init: float = INIT, **overrides) -> transformers.GPT2LMHeadModel:
   config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=BPE_VOCAB,
-                                   n_positions=96, initializer_range=INIT, bos_token_id=0,
+                                   n_positions=96, initializer_range=init, bos_token_id=0,
                                    eos_token_id=0, **overrides)
   return transformers.GPT2LMHeadModel(config)
 
 
-def llama(kv_heads: int = 2, tied: bool = False, rope_theta: float = 500.0,
+def llama(kv_heads: int = 2, tied: bool = False, rope_theta: float = 500.0, init: float = INIT,
           **overrides) -> transformers.LlamaForCausalLM:
   config = transformers.LlamaConfig(
       num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=kv_heads,
       intermediate_size=48, vocab_size=BPE_VOCAB, max_position_embeddings=128,
       rms_norm_eps=1e-5, rope_theta=rope_theta, tie_word_embeddings=tied,
-      initializer_range=INIT, bos_token_id=0, eos_token_id=0, **overrides)
+      initializer_range=init, bos_token_id=0, eos_token_id=0, **overrides)
   return transformers.LlamaForCausalLM(config)
 
 
-def bert(classifier: bool = False, **overrides):
+def bert(classifier: bool = False, init: float = INIT, **overrides):
   config = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                    intermediate_size=48, vocab_size=WORDPIECE_VOCAB,
-                                   max_position_embeddings=64, initializer_range=INIT,
+                                   max_position_embeddings=64, initializer_range=init,
                                    num_labels=3, **overrides)
   model_class = (transformers.BertForSequenceClassification if classifier
                  else transformers.BertForMaskedLM)

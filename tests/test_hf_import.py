@@ -66,9 +66,26 @@ def test_decoder_logits_match_transformers(name, tokenizer_dirs, tmp_path):
   hf_dir = hf_models.save(model, str(tmp_path / name), tokenizer_dirs["bpe"])
   tokens_BxL = _tokens(2, hf_models.BPE_VOCAB)
   expected = hf_models.logits(model, tokens_BxL)
-  got = _decoder_logits(bigjax.load(hf_dir, devices=jax.devices()[:1]), tokens_BxL)
+  run = bigjax.load(hf_dir, devices=jax.devices()[:1])
   assert np.abs(expected).max() > 1.0  # the comparison is not between near-zero outputs
-  np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+  np.testing.assert_allclose(_decoder_logits(run, tokens_BxL), expected, atol=ATOL, rtol=0)
+  if name in GREEDY:
+    _assert_greedy_tokens_match_generate(run, model)
+
+
+GREEDY = ("gpt2-tied", "llama-kv2-untied")  # one of each family also decodes
+
+
+def _assert_greedy_tokens_match_generate(run, model):
+  """32 tokens from bigjax's KV-cache sampler at temperature 0 equal transformers' generate."""
+  prompt_1xP = run.tokenizer.encode("def f(x):\n    return")[None]
+  ours = generate.generate(run.model, run.params, jnp.asarray(prompt_1xP), jax.random.key(0),
+                           max_new_tokens=32, temperature=0.0)
+  with torch.no_grad():
+    theirs = model.generate(torch.tensor(prompt_1xP, dtype=torch.long), max_new_tokens=32,
+                            min_new_tokens=32, do_sample=False, pad_token_id=0)
+  np.testing.assert_array_equal(np.asarray(ours), theirs.numpy())
+  assert len(set(np.asarray(ours)[0, prompt_1xP.shape[1]:])) > 3  # not one token repeated
 
 
 def test_unscanned_sharded_and_bfloat16_files(tokenizer_dirs, tmp_path):
@@ -112,22 +129,6 @@ def test_bert_logits_match_transformers(classifier, tokenizer_dirs, tmp_path):
   np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
   if classifier:
     assert run.config.data.class_names == ("LABEL_0", "LABEL_1", "LABEL_2")
-
-
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_greedy_tokens_match_transformers_generate(family, tokenizer_dirs, tmp_path):
-  torch.manual_seed(3)
-  model = hf_models.gpt2() if family == "gpt2" else hf_models.llama(kv_heads=2)
-  hf_dir = hf_models.save(model, str(tmp_path / family), tokenizer_dirs["bpe"])
-  run = bigjax.load(hf_dir, devices=jax.devices()[:1])
-  prompt_1xP = run.tokenizer.encode("def f(x):\n    return")[None]
-  ours = generate.generate(run.model, run.params, jnp.asarray(prompt_1xP), jax.random.key(0),
-                           max_new_tokens=32, temperature=0.0)
-  with torch.no_grad():
-    theirs = model.generate(torch.tensor(prompt_1xP, dtype=torch.long), max_new_tokens=32,
-                            min_new_tokens=32, do_sample=False, pad_token_id=0)
-  np.testing.assert_array_equal(np.asarray(ours), theirs.numpy())
-  assert len(set(np.asarray(ours)[0, prompt_1xP.shape[1]:])) > 3  # not one token repeated
 
 
 def test_gpt2_file_without_prefix_and_with_mask_buffers(tokenizer_dirs, tmp_path):

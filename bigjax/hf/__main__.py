@@ -29,8 +29,9 @@ from bigjax.hf import convert, files, tokenizer
 USAGE = "usage: python -m bigjax.hf import --hf=DIR --workdir=W | export --workdir=W --out=DIR"
 
 
-def import_model(hf_dir: str, workdir: str, scan_layers: bool = True) -> None:
-  """Writes the Hugging Face model in `hf_dir` as the bigjax run `workdir`."""
+def import_model(hf_dir: str, workdir: str, scan_layers: bool = True):
+  """Writes the Hugging Face model in `hf_dir` as the bigjax run `workdir`; returns the model
+  as `bigjax.load` gives it."""
   if not files.is_model_directory(hf_dir):
     raise ConfigError(f"--hf={hf_dir} has no config.json; pass a Hugging Face model directory")
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -40,9 +41,16 @@ def import_model(hf_dir: str, workdir: str, scan_layers: bool = True) -> None:
   tokenizer.copy_files(hf_dir, tokenizer_dir, extra=("config.json",))  # config.json: its ids
   config = run.config.to_dict()
   config["data"]["tokenizer_path"] = tokenizer_dir
+  write_run(workdir, config, run.params)
+  return run
+
+
+def write_run(workdir: str, config: dict, params) -> None:
+  """A bigjax run directory holding `params` as its step-0 checkpoint: everything `bigjax.load`
+  and `init_from` read (no optimizer state, so it seeds new runs rather than resuming)."""
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, async_save=False)
   try:
-    ckpt.save(0, {"params": run.params}, data_state={}, config=config)
+    ckpt.save(0, {"params": params}, data_state={}, config=config)
   finally:
     ckpt.close()
 
