@@ -151,7 +151,9 @@ def _write_tokenizer(run: LoadedRun, out: str) -> dict:
 
 def main(argv) -> None:
   from absl import flags
+  from absl import logging as absl_logging
 
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every read and write at INFO
   del argv
   f = flags.FLAGS
   try:

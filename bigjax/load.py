@@ -1,7 +1,7 @@
 """`bigjax.load(path)`: a trained run's config, model, parameters and tokenizer, from Python.
 
     import bigjax
-    run = bigjax.load("runs/gpt_tiny")                   # newest checkpoint; best=True: WORKDIR/best
+    run = bigjax.load("runs/gpt_tiny")                  # newest checkpoint; best=True: WORKDIR/best
     tokens_BxL = run.tokenizer.encode("def ")[None]
     logits_BxLxV, _ = run.model.apply({"params": run.params}, tokens_BxL)
 
@@ -80,6 +80,28 @@ def layout_config(config: ml_collections.ConfigDict, num_devices: int,
   return config
 
 
+def _locate(path: str, best: bool, scan_layers: bool):
+  """(config, checkpoint directory, step, parameter reader) of a bigjax run or a Hugging Face
+  model directory; nothing the size of the model is read yet."""
+  if files.is_model_directory(path):
+    config = convert.run_config(path, scan_layers)
+    return config, os.path.abspath(path), 0, lambda abstract: convert.read_params(path, abstract)
+  directory, step = find_checkpoint(path, best)
+  ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
+  try:
+    config = config_from_dict(ckpt.read_config(step))
+  finally:
+    ckpt.close()
+  state = os.path.join(directory, str(step), "state")
+  return config, directory, step, lambda abstract: checkpoint.restore_params(state, abstract)
+
+
+def saved_config(path: str, best: bool = False) -> ml_collections.ConfigDict:
+  """The config of the run (or Hugging Face model) in `path`, without reading its parameters:
+  what configs/finetune.py starts a fine-tuning run from."""
+  return _locate(path, best, scan_layers=True)[0]
+
+
 def load(path: str, best: bool = False, devices=None, mesh: dict[str, int] | None = None,
          scan_layers: bool = True) -> LoadedRun:
   """The run in `path` (see the module docstring), its parameters on `devices` (default: all).
@@ -87,19 +109,7 @@ def load(path: str, best: bool = False, devices=None, mesh: dict[str, int] | Non
   `scan_layers` picks a Hugging Face model's layer layout; a bigjax run keeps its own.
   """
   devices = list(devices if devices is not None else jax.devices())
-  if files.is_model_directory(path):
-    directory, step = os.path.abspath(path), 0
-    config = convert.run_config(path, scan_layers)
-    read = lambda abstract: convert.read_params(path, abstract)
-  else:
-    directory, step = find_checkpoint(path, best)
-    ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
-    try:
-      config = config_from_dict(ckpt.read_config(step))
-    finally:
-      ckpt.close()
-    state = os.path.join(directory, str(step), "state")
-    read = lambda abstract: checkpoint.restore_params(state, abstract)
+  config, directory, step, read = _locate(path, best, scan_layers)
   run = build.build(layout_config(config, len(devices), mesh), devices)
   return LoadedRun(config=config, model=run.task.model, params=read(run.abstract.params),
                    tokenizer=run.task.tokenizer, task=run.task, step=step, directory=directory)

@@ -21,6 +21,7 @@ from bigjax.data.tokenizers import ByteTokenizer  # noqa: E402
 from bigjax.hf import bert as hf_bert  # noqa: E402
 from bigjax.hf.__main__ import export_model, import_model, write_run  # noqa: E402
 from bigjax.load import layout_config  # noqa: E402
+from configs import finetune as finetune_config  # noqa: E402
 from tests import hf_models  # noqa: E402
 
 # Both sides compute in float32 from identical weights. With weights drawn at std 0.1 (logits of
@@ -117,19 +118,21 @@ def test_byte_level_bigjax_model_exports_with_its_tokenizer(make_config, tmp_pat
 
 
 def test_imported_model_fine_tunes_through_train(tokenizer_dirs, corpus_path, tmp_path,
-                                                 metrics_of):
+                                                 metrics_of, caplog):
   torch.manual_seed(1)
   hf_dir = hf_models.save(hf_models.llama(kv_heads=2), str(tmp_path / "hf"),
                           tokenizer_dirs["bpe"])
   import_model(hf_dir, str(tmp_path / "imported"))
-  config = bigjax.load(str(tmp_path / "imported"), devices=ONE).config.copy_and_resolve_references()
+  config = finetune_config.get_config(str(tmp_path / "imported"))
   config.update_from_flattened_dict({
-      "init_from": str(tmp_path / "imported"), "steps": 12, "batch_size": 8, "seq_len": 32,
+      "steps": 12, "batch_size": 8, "seq_len": 32,
       "log_every": 1, "eval_every": 0, "eval_steps": 1, "checkpoint_every": 0,
       "compilation_cache_dir": "", "data.source": "text", "data.path": corpus_path,
       "optim.lr": 3e-3, "optim.warmup_steps": 2, "tracking.tensorboard": False,
       "tracking.progress": False, "sample.prompt": ""})
-  train.train_and_evaluate(config, str(tmp_path / "tuned"), devices=ONE)
+  with caplog.at_level("WARNING", logger="bigjax.finetune"):
+    train.train_and_evaluate(config, str(tmp_path / "tuned"), devices=ONE)
+  assert "; 0 start fresh" in caplog.text  # every parameter came from the imported model
   losses = [row["train/loss"] for row in metrics_of(str(tmp_path / "tuned"))
             if "train/loss" in row]
   # A random model starts near ln(320) = 5.8 nats; twelve Adam steps on repeated text cut that
@@ -137,9 +140,10 @@ def test_imported_model_fine_tunes_through_train(tokenizer_dirs, corpus_path, tm
   assert np.mean(losses[-3:]) < losses[0] - 0.5
 
 
-def test_init_from_a_hugging_face_directory(tokenizer_dirs, make_config, tmp_path):
-  """A decoder copies every parameter; a classifier from a masked-LM directory copies the
-  embeddings and the encoder and keeps its fresh head (the pretrained BERT -> sentiment path)."""
+def test_init_from_a_hugging_face_directory(tokenizer_dirs, tmp_path, caplog):
+  """A decoder copies every parameter. A classifier from a published BERT (BertForMaskedLM files
+  that still hold the pretraining pooler and next-sentence head) copies the embeddings, the
+  encoder and the pooler, and starts its output layer fresh: transformers' sentiment recipe."""
   torch.manual_seed(2)
   llama_dir = hf_models.save(hf_models.llama(), str(tmp_path / "llama"), tokenizer_dirs["bpe"])
   expected = bigjax.load(llama_dir, devices=ONE)
@@ -148,15 +152,24 @@ def test_init_from_a_hugging_face_directory(tokenizer_dirs, make_config, tmp_pat
   copied = finetune.load_pretrained(fresh, run.abstract.params, llama_dir)
   jax.tree.map(np.testing.assert_array_equal, copied, expected.params)
 
-  bert_dir = hf_models.save(hf_models.bert(), str(tmp_path / "bert"), tokenizer_dirs["wordpiece"])
-  mlm = bigjax.load(bert_dir, devices=ONE)
+  pretrained = transformers.BertForPreTraining(hf_models.bert().config)
+  bert_dir = hf_models.save(pretrained, str(tmp_path / "bert"), tokenizer_dirs["wordpiece"])
+  with open(os.path.join(bert_dir, "config.json")) as f:
+    hf = json.load(f) | {"architectures": ["BertForMaskedLM"]}
+  with open(os.path.join(bert_dir, "config.json"), "w") as f:
+    json.dump(hf, f)
+  with caplog.at_level("WARNING", logger="bigjax.hf.convert"):
+    mlm = bigjax.load(bert_dir, devices=ONE)
+  assert "cls.seq_relationship.weight" in caplog.text and "bert.pooler.dense.weight" in caplog.text
   config = mlm.config.copy_and_resolve_references()
   config.update_from_flattened_dict({"task": "text_classify", "data.class_names": ("neg", "pos")})
   run = build.build(layout_config(config, 1, None), ONE)
   fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), run.abstract.params)
   copied = finetune.load_pretrained(fresh, run.abstract.params, bert_dir)
   jax.tree.map(np.testing.assert_array_equal, copied["encoder"], mlm.params["encoder"])
-  jax.tree.map(np.testing.assert_array_equal, copied["classifier"], fresh["classifier"])
+  np.testing.assert_array_equal(copied["classifier"]["pooler"]["kernel"],
+                                pretrained.bert.pooler.dense.weight.detach().numpy().T)
+  assert not copied["classifier"]["out"]["kernel"].any()  # still the fresh (here zero) head
 
 
 def test_export_refuses_what_hugging_face_cannot_express(make_config):

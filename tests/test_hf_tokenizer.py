@@ -32,7 +32,8 @@ def wordpiece_dir(tmp_path_factory):
 
 
 def _assert_same_as_transformers(directory: str, text: str):
-  ours, theirs = HuggingFaceTokenizer(directory), transformers.AutoTokenizer.from_pretrained(directory)
+  ours = HuggingFaceTokenizer(directory)
+  theirs = transformers.AutoTokenizer.from_pretrained(directory)
   for add in (False, True):
     assert ours.encode(text, add).tolist() == theirs.encode(text, add_special_tokens=add)
   ids = ours.encode(text, add_special_tokens=True)

@@ -85,7 +85,9 @@ def export_model(workdir: str, out: str, max_shard_size: str = "5GB",
 
 def main(argv) -> None:
   from absl import flags
+  from absl import logging as absl_logging
 
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every read and write at INFO
   command = argv[1:]
   f = flags.FLAGS
   try:

@@ -19,7 +19,7 @@ ARCHITECTURES = ("BertForMaskedLM", "BertForSequenceClassification")
 TASKS = {"BertForMaskedLM": "mlm", "BertForSequenceClassification": "text_classify"}
 LAYERS = "encoder"  # the layer stack sits under the encoder
 OPTIONAL_PREFIX = ""
-# Training-only settings bigjax has no counterpart for (its one model.dropout is hidden_dropout_prob).
+# Training-only settings bigjax lacks (its one model.dropout is hidden_dropout_prob).
 NOT_APPLIED = ("attention_probs_dropout_prob", "classifier_dropout")
 ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
 
@@ -28,6 +28,12 @@ def ignored(config) -> re.Pattern:
   """Tensors a file may hold that are not parameters: position ids, the decoder's tied copies."""
   del config
   return re.compile(r"embeddings\.position_ids$|^cls\.predictions\.decoder\.(weight|bias)$")
+
+
+# Pretraining heads that BERT checkpoints published as BertForMaskedLM still carry (the pooler,
+# next-sentence prediction): read where the model has them (a classifier's pooler under
+# init_from), otherwise left out with a warning that names them.
+UNUSED = re.compile(r"^bert\.pooler\.|^cls\.seq_relationship\.")
 
 
 def from_hf(hf: dict) -> dict:
@@ -101,10 +107,12 @@ def tensors(config) -> tuple[list[Tensor], list[Tensor]]:
               Tensor(c + "transform.LayerNorm.weight", "mlm_head/norm/scale"),
               Tensor(c + "transform.LayerNorm.bias", "mlm_head/norm/bias"),
               Tensor(c + "bias", "mlm_head/bias")]
-  else:
-    outer += [Tensor("bert.pooler.dense.weight", "classifier/pooler/kernel", "linear"),
-              Tensor("bert.pooler.dense.bias", "classifier/pooler/bias"),
-              Tensor("classifier.weight", "classifier/out/kernel", "linear"),
+  # The pooler is a classifier's; a masked-LM model has none (and writes none).
+  mlm = config.task == "mlm"
+  outer += [Tensor("bert.pooler.dense.weight", "classifier/pooler/kernel", "linear", optional=mlm),
+            Tensor("bert.pooler.dense.bias", "classifier/pooler/bias", optional=mlm)]
+  if config.task == "text_classify":
+    outer += [Tensor("classifier.weight", "classifier/out/kernel", "linear"),
               Tensor("classifier.bias", "classifier/out/bias")]
   p = "bert.encoder.layer.{i}."
   layer = []

@@ -162,8 +162,12 @@ def read_params(directory: str, abstract_params, strict: bool = True):
     return jax.device_put(array.astype(abstract.dtype), abstract.sharding)
 
   params = jax.tree_util.tree_map_with_path(read, abstract_params)
-  skip = module.ignored(config)
-  unexpected = sorted(n for n in tensors.names() - used if not skip.search(n))
+  left = sorted(n for n in tensors.names() - used if not module.ignored(config).search(n))
+  unused = [n for n in left if module.UNUSED and module.UNUSED.search(n)]
+  if unused:
+    log.warning("%s: %d tensors of heads this model does not have are not used: %s", directory,
+                len(unused), ", ".join(unused))
+  unexpected = [n for n in left if n not in unused]
   if strict and unexpected:
     raise ConfigError(f"{directory}: unexpected tensor {unexpected[0]} (not part of a "
                       f"{hf['architectures'][0]} as bigjax maps it)")
@@ -178,6 +182,8 @@ def hf_tensors(config: ml_collections.ConfigDict, params) -> Iterator[tuple[str,
   flat = {_path(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
   scanned = any(path.startswith(prefix + "layers/") for path in flat)
   for t in outer:
+    if t.optional and not all(path in flat for path in t.bigjax):
+      continue
     yield t.hf, t.to_hf([jax.device_get(flat[path]) for path in t.bigjax])
   for i in range(config.model.num_layers):
     for t in per_layer:

@@ -102,11 +102,14 @@ def write_safetensors(directory: str, tensors: Iterable[tuple[str, np.ndarray]],
   if dtype not in DTYPES:
     raise ConfigError(f"dtype={dtype!r}; use one of {', '.join(DTYPES)}")
   os.makedirs(directory, exist_ok=True)
+  umask = os.umask(0)
+  os.umask(umask)
   shards, current, size, total = [], {}, 0, 0
 
   def flush():
     path = os.path.join(directory, f"shard-{len(shards)}.tmp")
     save_file(current, path, metadata={"format": "pt"})  # transformers reads "pt" files
+    os.chmod(path, 0o666 & ~umask)  # safetensors creates owner-only files; share like any other
     shards.append((path, list(current)))
 
   for name, array in tensors:

@@ -17,6 +17,7 @@ ARCHITECTURES = ("GPT2LMHeadModel",)
 LAYERS = ""  # the layer stack sits at the top of the parameter tree
 OPTIONAL_PREFIX = "transformer."
 ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
+UNUSED = None  # every tensor of a valid file is a parameter of the model
 NOT_APPLIED = ("attn_pdrop",)  # training-only settings bigjax has no counterpart for
 
 
@@ -38,7 +39,8 @@ def from_hf(hf: dict) -> dict:
           "model.num_heads": hf["n_head"], "model.num_kv_heads": hf["n_head"], "model.d_model": d,
           "model.d_ff": hf.get("n_inner") or 4 * d, "model.max_len": hf["n_positions"],
           "model.positions": "learned", "model.norm": "layernorm",
-          "model.norm_eps": hf.get("layer_norm_epsilon", 1e-5), "model.mlp": ACTIVATIONS[activation],
+          "model.norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+          "model.mlp": ACTIVATIONS[activation],
           "model.use_bias": True, "model.tie_embeddings": True,
           "model.dropout": hf.get("resid_pdrop", 0.0)}
 

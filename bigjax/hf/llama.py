@@ -16,6 +16,7 @@ from bigjax.models.layers import TransformerConfig
 ARCHITECTURES = ("LlamaForCausalLM",)
 LAYERS = ""
 OPTIONAL_PREFIX = ""
+UNUSED = None  # every tensor of a valid file is a parameter of the model
 NOT_APPLIED = ("attention_dropout",)  # training-only settings bigjax has no counterpart for
 # config.json's llama3 fields -> bigjax's model keys.
 LLAMA3 = {"factor": "rope_factor", "low_freq_factor": "rope_low_freq_factor",

@@ -31,6 +31,7 @@ class Tensor:
   bigjax: tuple[str, ...]  # "/"-joined parameter paths (within a layer for per-layer tensors)
   layout: str = "same"
   n_in: int = 1  # kernels: how many leading bigjax dimensions are the inputs
+  optional: bool = False  # a bigjax model of this architecture may lack it (written if present)
 
   def __post_init__(self):
     if isinstance(self.bigjax, str):

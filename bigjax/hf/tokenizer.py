@@ -113,10 +113,10 @@ class HuggingFaceTokenizer:
     if not all(role in self.ids for role in ("pad", "cls", "sep", "mask")):
       return None
     added = self._tokenizer.get_added_tokens_decoder()
-    special_ids = sorted({i for i, token in added.items() if token.special} | set(self.ids.values()))
+    special_ids = {i for i, token in added.items() if token.special} | set(self.ids.values())
     return VocabularySpecialTokens(pad=self.ids["pad"], cls=self.ids["cls"], sep=self.ids["sep"],
                                    mask=self.ids["mask"], vocab_size=self.vocab_size,
-                                   special_ids=tuple(special_ids))
+                                   special_ids=tuple(sorted(special_ids)))
 
   def template_tokens(self) -> dict[str, str]:
     """bos_token and eos_token, as a Jinja chat template expects them (bigjax.data.chat)."""
