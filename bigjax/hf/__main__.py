@@ -62,6 +62,8 @@ def export_model(workdir: str, out: str, max_shard_size: str = "5GB",
   if files.is_model_directory(out) or os.path.exists(os.path.join(out, files.SINGLE)):
     raise ConfigError(f"--out={out} already holds a model; pass a new or empty directory")
   shard_bytes = files.parse_size(max_shard_size)
+  if dtype not in files.DTYPES:
+    raise ConfigError(f"--dtype={dtype}; use one of {', '.join(files.DTYPES)}")
   run = load(workdir, devices=jax.devices()[:1])
   module = convert.export_architecture(run.config)
   if isinstance(run.tokenizer, tokenizer.HuggingFaceTokenizer):

@@ -28,6 +28,7 @@ from bigjax.hf.tokenizer import HuggingFaceTokenizer
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = {name: module for module in (gpt2, llama, bert) for name in module.ARCHITECTURES}
+STACKED = -1  # the layer of a scanned parameter: every layer, stacked along its leading axis
 
 
 def architecture(hf: dict):
@@ -77,13 +78,13 @@ def _path(tree_path) -> str:
 
 def _sources(module, config, num_layers: int) -> dict[str, tuple[Tensor, int, int | None]]:
   """bigjax parameter path -> (its Tensor, its part of that tensor, its layer: None for a tensor
-  outside the layers, -1 for the stacked parameter of all layers)."""
+  outside the layers, STACKED for the scanned parameter of all layers)."""
   outer, per_layer = module.tensors(config)
   prefix = module.LAYERS + "/" if module.LAYERS else ""
   sources = {path: (t, k, None) for t in outer for k, path in enumerate(t.bigjax)}
   for t in per_layer:
     for k, path in enumerate(t.bigjax):
-      sources[f"{prefix}layers/{path}"] = (t, k, -1)
+      sources[f"{prefix}layers/{path}"] = (t, k, STACKED)
       sources.update({f"{prefix}layer_{i}/{path}": (t, k, i) for i in range(num_layers)})
   return sources
 
@@ -154,12 +155,16 @@ def read_params(directory: str, abstract_params, strict: bool = True):
                           f"tensor in {module.__name__}")
       return None
     t, part, layer = sources[path]
-    layers = range(num_layers) if layer == -1 else [layer]
-    arrays = [_read_one(tensors, t, part, i, abstract.shape[1:] if layer == -1 else abstract.shape)
-              for i in layers]
+    if layer == STACKED:
+      layers = range(num_layers)
+      array = np.stack([_read_one(tensors, t, part, i, abstract.shape[1:]) for i in layers])
+    else:
+      layers = [layer]
+      array = _read_one(tensors, t, part, layer, abstract.shape)
     used.update(t.hf.format(i=i) for i in layers)
-    array = np.stack(arrays) if layer == -1 else arrays[0]
-    return jax.device_put(array.astype(abstract.dtype), abstract.sharding)
+    array = array.astype(abstract.dtype)
+    # Each device (of any process) receives only its own shard of the host copy.
+    return jax.make_array_from_callback(array.shape, abstract.sharding, lambda index: array[index])
 
   params = jax.tree_util.tree_map_with_path(read, abstract_params)
   left = sorted(n for n in tensors.names() - used if not module.ignored(config).search(n))

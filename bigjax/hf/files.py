@@ -93,14 +93,12 @@ def parse_size(text: str) -> int:
 
 def write_safetensors(directory: str, tensors: Iterable[tuple[str, np.ndarray]],
                       max_shard_size: int, dtype: str) -> list[str]:
-  """Writes `tensors` in order, as one file or as shards of at most `max_shard_size` bytes (a
+  """Writes `tensors` in order, in `dtype` (a key of DTYPES), as one file or as shards of at most `max_shard_size` bytes (a
   tensor larger than that gets a shard of its own) with their index. Returns the files written.
 
   Shards are written as they fill, so at most one shard's tensors are in memory at once; they get
   their final `-of-` names once their number is known.
   """
-  if dtype not in DTYPES:
-    raise ConfigError(f"dtype={dtype!r}; use one of {', '.join(DTYPES)}")
   os.makedirs(directory, exist_ok=True)
   umask = os.umask(0)
   os.umask(umask)
