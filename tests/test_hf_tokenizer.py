@@ -5,6 +5,7 @@ BERT tasks on the tokenizer's own [CLS] [SEP] [MASK] [PAD], and the chat templat
 import numpy as np
 import pytest
 
+pytest.importorskip("torch")  # tests/hf_models.py builds models with it
 transformers = pytest.importorskip("transformers")
 
 from bigjax.config_checks import ConfigError  # noqa: E402

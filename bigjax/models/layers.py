@@ -71,7 +71,7 @@ class TransformerConfig:
     m = config.model
     if m.vocab_size and m.vocab_size < vocab_size:
       raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the {vocab_size} ids the "
-                        f"tokenizer uses; raise it or set 0 (the tokenizer's size)")
+                        f"tokenizer (and the task's special tokens) use; raise it or set 0")
     fields = dict(
         vocab_size=m.vocab_size or vocab_size,
         num_layers=m.num_layers,
