@@ -1,11 +1,11 @@
 """Starting from a pretrained model: copy its matching parameters, optionally freeze some.
 
-`config.init_from` names another run's workdir, its `checkpoints` directory, or one step of it.
-A fresh run copies every parameter whose path and shape it shares with that checkpoint's
-`state.params` (for a BERT classifier: `embed` and `encoder`, not the masked-LM head) and keeps
-its own fresh initialisation for the rest (the new head). Only those arrays are read, straight
-into this run's sharded layout. A run that already has checkpoints of its own resumes from them
-instead: init_from only seeds step 0.
+`config.init_from` names another run's workdir, its `checkpoints` directory, one step of it, or a
+Hugging Face model directory (read through bigjax/hf). A fresh run copies every parameter whose
+path and shape it shares with that checkpoint's `state.params` (for a BERT classifier: `embed`
+and `encoder`, not the masked-LM head) and keeps its own fresh initialisation for the rest (the
+new head). Only those arrays are read, straight into this run's sharded layout. A run that
+already has checkpoints of its own resumes from them instead: init_from only seeds step 0.
 
 `config.freeze` is a regex searched in each "/"-joined parameter path; matching parameters get
 zero gradients and zero updates, so neither the optimizer nor weight decay moves them (their
@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from bigjax import checkpoint
 from bigjax.config_checks import ConfigError
+from bigjax.hf import convert, files
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,24 @@ def load_pretrained(params, abstract_params, init_from: str):
   `abstract_params` carries the target shardings; a shared path with a different shape means the
   two models do not fit together, which is an error rather than something to skip silently.
   """
-  directory = state_directory(init_from)
+  if files.is_model_directory(init_from):
+    source = os.path.abspath(init_from)
+    restored = _drop_empty(convert.read_params(init_from, abstract_params, strict=False))
+  else:
+    source = state_directory(init_from)
+    restored = _restore_shared(source, abstract_params)
+  if not restored:
+    raise ConfigError(f"init_from={init_from!r}: no parameter path is shared with this model")
+  loaded = {path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(restored)}
+  log.warning("init_from %s: copied %d parameter arrays (%s); %d start fresh", source,
+              len(loaded), ", ".join(sorted({n.split("/")[0] for n in loaded})),
+              len(jax.tree.leaves(params)) - len(loaded))
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: _lookup(restored, p, x), params)
+
+
+def _restore_shared(directory: str, abstract_params):
+  """The parameters of the bigjax checkpoint `directory` that share a path with the target."""
   checkpointer = ocp.PyTreeCheckpointer()
   saved = checkpointer.metadata(directory).item_metadata.tree["params"]
   saved_shapes = {path_name(p): m.shape for p, m in jax.tree_util.tree_leaves_with_path(saved)}
@@ -65,17 +83,8 @@ def load_pretrained(params, abstract_params, init_from: str):
                         f"{directory} but {leaf.shape} here; use the pretrained model's sizes")
     return leaf
 
-  target = jax.tree_util.tree_map_with_path(wanted, abstract_params)
-  target = _drop_empty(target)
-  if not target:
-    raise ConfigError(f"init_from={init_from!r}: no parameter path is shared with this model")
-  restored = checkpoint.restore_params(directory, target)
-  loaded = {path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(restored)}
-  log.warning("init_from %s: copied %d parameter arrays (%s); %d start fresh", directory,
-              len(loaded), ", ".join(sorted({n.split("/")[0] for n in loaded})),
-              len(jax.tree.leaves(params)) - len(loaded))
-  return jax.tree_util.tree_map_with_path(
-      lambda p, x: _lookup(restored, p, x), params)
+  target = _drop_empty(jax.tree_util.tree_map_with_path(wanted, abstract_params))
+  return checkpoint.restore_params(directory, target) if target else {}
 
 
 def _drop_empty(tree):

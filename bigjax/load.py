@@ -1,13 +1,14 @@
 """`bigjax.load(path)`: a trained run's config, model, parameters and tokenizer, from Python.
 
     import bigjax
-    run = bigjax.load("runs/gpt_tiny")                   # newest checkpoint; best=True: WORKDIR/best
+    run = bigjax.load("runs/gpt_tiny")                  # newest checkpoint; best=True: WORKDIR/best
     tokens_BxL = run.tokenizer.encode("def ")[None]
     logits_BxLxV, _ = run.model.apply({"params": run.params}, tokens_BxL)
 
-`path` is a workdir, its `checkpoints` (or `best`) directory, or one step directory. Parameters
-are read straight onto the available devices (replicated, or FSDP-sharded with `mesh`); the
-optimizer state is never read.
+`path` is a workdir, its `checkpoints` (or `best`) directory, one step directory, or a Hugging
+Face model directory (config.json, safetensors, tokenizer.json; see bigjax/hf). Parameters are
+read straight onto the available devices (replicated, or FSDP-sharded with `mesh`); the optimizer
+state is never read.
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ import ml_collections
 
 from bigjax import build, checkpoint
 from bigjax.config_checks import ConfigError
+from bigjax.hf import convert, files
 from bigjax.tasks.base import Task
 
 
@@ -30,7 +32,7 @@ class LoadedRun:
   params: Any  # restored onto the devices
   tokenizer: Any  # encode(str) -> ids, decode(ids) -> str; None for image and tabular tasks
   task: Task  # the objective, for its eval and decoding methods
-  step: int  # the checkpoint's step
+  step: int  # the checkpoint's step (0 for a Hugging Face model)
   directory: str  # the checkpoint directory it came from
 
 
@@ -78,18 +80,36 @@ def layout_config(config: ml_collections.ConfigDict, num_devices: int,
   return config
 
 
-def load(path: str, best: bool = False, devices=None,
-         mesh: dict[str, int] | None = None) -> LoadedRun:
-  """The run in `path` (see the module docstring), its parameters on `devices` (default: all)."""
+def _locate(path: str, best: bool, scan_layers: bool):
+  """(config, checkpoint directory, step, parameter reader) of a bigjax run or a Hugging Face
+  model directory; nothing the size of the model is read yet."""
+  if files.is_model_directory(path):
+    config = convert.run_config(path, scan_layers)
+    return config, os.path.abspath(path), 0, lambda abstract: convert.read_params(path, abstract)
   directory, step = find_checkpoint(path, best)
   ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
   try:
     config = config_from_dict(ckpt.read_config(step))
   finally:
     ckpt.close()
+  state = os.path.join(directory, str(step), "state")
+  return config, directory, step, lambda abstract: checkpoint.restore_params(state, abstract)
+
+
+def saved_config(path: str, best: bool = False) -> ml_collections.ConfigDict:
+  """The config of the run (or Hugging Face model) in `path`, without reading its parameters:
+  what configs/finetune.py starts a fine-tuning run from."""
+  return _locate(path, best, scan_layers=True)[0]
+
+
+def load(path: str, best: bool = False, devices=None, mesh: dict[str, int] | None = None,
+         scan_layers: bool = True) -> LoadedRun:
+  """The run in `path` (see the module docstring), its parameters on `devices` (default: all).
+
+  `scan_layers` picks a Hugging Face model's layer layout; a bigjax run keeps its own.
+  """
   devices = list(devices if devices is not None else jax.devices())
+  config, directory, step, read = _locate(path, best, scan_layers)
   run = build.build(layout_config(config, len(devices), mesh), devices)
-  params = checkpoint.restore_params(os.path.join(directory, str(step), "state"),
-                                     run.abstract.params)
-  return LoadedRun(config=config, model=run.task.model, params=params,
+  return LoadedRun(config=config, model=run.task.model, params=read(run.abstract.params),
                    tokenizer=run.task.tokenizer, task=run.task, step=step, directory=directory)

@@ -62,13 +62,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.path = ""  # text file or directory for source="text"
   c.data.name = ""  # "tiny_shakespeare", "lm1b", "mnist", "fashion_mnist" (tfds); "digits", "diabetes" (sklearn)
   c.data.tfds_dir = ""  # tfds data_dir ("" = tfds default, ~/tensorflow_datasets)
-  c.data.tokenizer = "byte"  # "byte" (256 ids, NUL separates documents) or "sentencepiece"
-  c.data.tokenizer_path = ""  # SentencePiece model file; trained on the train split if missing
+  c.data.tokenizer = "byte"  # "byte" (256 ids, NUL separates documents), "sentencepiece" or "hf" (a tokenizer.json)
+  c.data.tokenizer_path = ""  # SentencePiece model file (trained on the train split if missing); for "hf" its directory
   c.data.vocab_size = 8000  # SentencePiece vocabulary when training a new tokenizer
   c.data.val_fraction = 0.1  # share held out for validation when the source has no split
+  c.data.class_names = ()  # text_classify: class labels in id order (a Hugging Face id2label); () = the dataset's
   c.data.chat_template = ""  # conversations as text: "" (none), "plain" (bigjax.data.chat), or a Jinja template
 
   c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = 0  # embedding rows (0 = the ids the tokenizer and the task's special tokens use)
   c.model.num_layers = 4  # Transformer blocks
   c.model.num_heads = 4  # query heads
   c.model.num_kv_heads = 0  # key/value heads for grouped-query attention (0 = num_heads)
@@ -77,8 +79,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.max_len = 1024  # longest sequence the positions support
   c.model.positions = "learned"  # "learned" (GPT-2) or "rope" (Llama)
   c.model.rope_theta = 10000.0  # RoPE base frequency
+  c.model.rope_scaling = ""  # "" (none) or "llama3" (Llama 3.1's long-context scaling, the four keys below)
+  c.model.rope_factor = 8.0  # llama3: context length over the pretraining one
+  c.model.rope_low_freq_factor = 1.0  # llama3: wavelengths over rope_original_max_len / this are divided by rope_factor
+  c.model.rope_high_freq_factor = 4.0  # llama3: wavelengths under rope_original_max_len / this are kept
+  c.model.rope_original_max_len = 8192  # llama3: the pretraining context length
   c.model.norm = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
-  c.model.mlp = "gelu"  # "gelu" (GPT-2) or "swiglu" (Llama)
+  c.model.norm_eps = 0.0  # norm epsilon (0 = 1e-5 for layernorm, 1e-6 for rmsnorm)
+  c.model.post_norm = False  # encoders: norm after each residual add and no final norm (Hugging Face BERT)
+  c.model.embed_norm = False  # encoders: LayerNorm over the summed embeddings (Hugging Face BERT)
+  c.model.mlp = "gelu"  # "gelu" (tanh approximation, GPT-2), "gelu_exact" (erf, BERT) or "swiglu" (Llama)
   c.model.use_bias = True  # biases in dense layers and norms
   c.model.tie_embeddings = True  # output projection shares the token embedding
   c.model.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output

@@ -6,7 +6,8 @@ exactly the examples an uninterrupted run would have seen, and evaluation sees t
 every time.
 
 Special ids sit above the tokenizer's own ids, so the byte tokenizer keeps ids 0..255 for bytes
-(0 still ends a document) and the encoder vocabulary is 256 + 5.
+(0 still ends a document) and the encoder vocabulary is 256 + 5. A BERT WordPiece brings its own
+[PAD] [CLS] [SEP] [MASK] (bigjax.hf.tokenizer.VocabularySpecialTokens, the same interface).
 """
 
 import dataclasses
@@ -51,6 +52,9 @@ class SpecialTokens:
   @property
   def vocab_size(self) -> int:
     return self.base_vocab + 5
+
+  def is_special(self, tokens: np.ndarray) -> np.ndarray:
+    return tokens >= self.base_vocab
 
 
 def mask_tokens(tokens_L: np.ndarray, maskable_L: np.ndarray, rng: np.random.Generator,
@@ -113,7 +117,7 @@ class MlmExamples:
       types_L[half + 2:] = 1
     else:
       tokens_L = np.concatenate([[s.cls], chunk, [s.sep]]).astype(np.int32)
-    inputs_L, weights_L = mask_tokens(tokens_L, tokens_L < s.base_vocab, rng, s, self.rate)
+    inputs_L, weights_L = mask_tokens(tokens_L, ~s.is_special(tokens_L), rng, s, self.rate)
     out = {"inputs": inputs_L, "targets": tokens_L, "weights": weights_L}
     if self.nsp:
       out |= {"types": types_L, "nsp_labels": np.int32(is_random)}

@@ -2,8 +2,11 @@
 
 The encoder is gpt.py's decoder without the causal mask, plus optional token-type (segment)
 embeddings. Blocks are pre-norm with a final norm, as in gpt.py: BERT's original post-norm needs
-long warmups to train stably at small batch sizes. Heads: masked-LM (tied to the token embedding)
-with optional next-sentence prediction, and sequence classification from the [CLS] position.
+long warmups to train stably at small batch sizes. `model.post_norm` and `model.embed_norm` give
+that original layout (a norm over the summed embeddings, then x = norm(x + f(x)) in every block,
+no final norm), so Hugging Face BERT checkpoints load here (bigjax/hf/bert.py). Heads: masked-LM
+(tied to the token embedding) with optional next-sentence prediction, and sequence
+classification from the [CLS] position.
 
 The token embedding lives in the parent module and is shared with the encoder and the masked-LM
 head, so every model here has the same top-level names `embed` and `encoder`; fine-tuning copies
@@ -23,7 +26,8 @@ def token_embedding(cfg: TransformerConfig) -> nn.Embed:
 
 
 class EncoderBlock(nn.Module):
-  """Pre-norm block with bidirectional self-attention over the positions the mask allows."""
+  """Bidirectional self-attention over the positions the mask allows, then the MLP; each a
+  residual branch, normalised before it (pre-norm) or after the residual add (post-norm)."""
 
   cfg: TransformerConfig
   deterministic: bool = True
@@ -32,12 +36,17 @@ class EncoderBlock(nn.Module):
   def __call__(self, x_BxLxD, cache, positions_BxL, mask_BxLxL):
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-    h_BxLxD = layers.norm(cfg, "attn_norm")(x_BxLxD)
-    h_BxLxD, _ = layers.Attention(cfg, causal=False, name="attn")(
-        h_BxLxD, positions_BxL, mask_BxLxS=mask_BxLxL)
-    x_BxLxD = x_BxLxD + drop(h_BxLxD)
-    h_BxLxD = layers.Mlp(cfg, name="mlp")(layers.norm(cfg, "mlp_norm")(x_BxLxD))
-    return layers.constrain(x_BxLxD + drop(h_BxLxD)), cache
+    attn_norm, mlp_norm = layers.norm(cfg, "attn_norm"), layers.norm(cfg, "mlp_norm")
+    attend = lambda h_BxLxD: layers.Attention(cfg, causal=False, name="attn")(
+        h_BxLxD, positions_BxL, mask_BxLxS=mask_BxLxL)[0]
+    mlp = layers.Mlp(cfg, name="mlp")
+    if cfg.post_norm:
+      x_BxLxD = attn_norm(x_BxLxD + drop(attend(x_BxLxD)))
+      x_BxLxD = mlp_norm(x_BxLxD + drop(mlp(x_BxLxD)))
+    else:
+      x_BxLxD = x_BxLxD + drop(attend(attn_norm(x_BxLxD)))
+      x_BxLxD = x_BxLxD + drop(mlp(mlp_norm(x_BxLxD)))
+    return layers.constrain(x_BxLxD), cache
 
 
 class Encoder(nn.Module):
@@ -62,6 +71,8 @@ class Encoder(nn.Module):
                           param_dtype=jnp.float32,
                           embedding_init=layers.normal_init(0.02, (None, "embed")),
                           name="type_embed")(types_BxL)
+    if cfg.embed_norm:
+      x_BxLxD = layers.norm(cfg, "embed_norm")(x_BxLxD)
     x_BxLxD = layers.constrain(nn.Dropout(cfg.dropout, deterministic=not train)(x_BxLxD))
     # Query l may attend to key s when s is a real token; padded queries are computed but unused.
     L = tokens_BxL.shape[1]
@@ -75,7 +86,7 @@ class Encoder(nn.Module):
       for i in range(cfg.num_layers):
         x_BxLxD, _ = block(cfg, deterministic=not train, name=f"layer_{i}")(
             x_BxLxD, None, positions_BxL, mask_BxLxL)
-    return layers.norm(cfg, "final_norm")(x_BxLxD)
+    return x_BxLxD if cfg.post_norm else layers.norm(cfg, "final_norm")(x_BxLxD)
 
 
 class MaskedLMHead(nn.Module):
@@ -87,7 +98,8 @@ class MaskedLMHead(nn.Module):
   @nn.compact
   def __call__(self, h_BxLxD):
     cfg = self.cfg
-    h_BxLxD = nn.gelu(layers.dense(cfg, cfg.d_model, ("embed", "act_embed"), "transform")(h_BxLxD))
+    h_BxLxD = layers.dense(cfg, cfg.d_model, ("embed", "act_embed"), "transform")(h_BxLxD)
+    h_BxLxD = nn.gelu(h_BxLxD, approximate=not cfg.exact_gelu)
     h_BxLxD = layers.norm(cfg, "norm")(h_BxLxD)
     bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                              ("vocab",)),

@@ -21,7 +21,8 @@ from bigjax.models import blockwise_attention
 
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "gelu_exact", "swiglu")  # gelu: tanh approximation (GPT-2); gelu_exact: erf (BERT)
+ROPE_SCALINGS = ("", "llama3")
 # "auto": blockwise on CPUs, jax.nn.dot_product_attention's own pick elsewhere (see Attention).
 ATTENTION = ("auto", "blockwise", "xla", "cudnn")
 
@@ -41,7 +42,15 @@ class TransformerConfig:
   max_len: int
   positions: str = "learned"
   rope_theta: float = 10000.0
+  rope_scaling: str = ""  # "" or "llama3" (Llama 3.1's long-context frequency scaling)
+  rope_factor: float = 8.0  # llama3: how much longer the context is than in pretraining
+  rope_low_freq_factor: float = 1.0  # llama3: wavelengths above original_max_len / this are scaled
+  rope_high_freq_factor: float = 4.0  # llama3: wavelengths below original_max_len / this are kept
+  rope_original_max_len: int = 8192  # llama3: the pretraining context
   norm: str = "layernorm"
+  norm_eps: float = 0.0  # 0: 1e-5 for LayerNorm, 1e-6 for RMSNorm
+  post_norm: bool = False  # encoders: normalise after each residual add, no final norm (BERT)
+  embed_norm: bool = False  # encoders: LayerNorm over the summed embeddings (BERT)
   mlp: str = "gelu"
   use_bias: bool = True
   tie_embeddings: bool = True
@@ -60,8 +69,11 @@ class TransformerConfig:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, **overrides):
     m = config.model
+    if m.vocab_size and m.vocab_size < vocab_size:
+      raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the {vocab_size} ids the "
+                        f"tokenizer (and the task's special tokens) use; raise it or set 0")
     fields = dict(
-        vocab_size=vocab_size,
+        vocab_size=m.vocab_size or vocab_size,
         num_layers=m.num_layers,
         num_heads=m.num_heads,
         num_kv_heads=m.num_kv_heads or m.num_heads,
@@ -70,7 +82,15 @@ class TransformerConfig:
         max_len=m.max_len,
         positions=m.positions,
         rope_theta=m.rope_theta,
+        rope_scaling=m.rope_scaling,
+        rope_factor=m.rope_factor,
+        rope_low_freq_factor=m.rope_low_freq_factor,
+        rope_high_freq_factor=m.rope_high_freq_factor,
+        rope_original_max_len=m.rope_original_max_len,
         norm=m.norm,
+        norm_eps=m.norm_eps,
+        post_norm=m.post_norm,
+        embed_norm=m.embed_norm,
         mlp=m.mlp,
         use_bias=m.use_bias,
         tie_embeddings=m.tie_embeddings,
@@ -90,7 +110,7 @@ class TransformerConfig:
   def checked(self) -> "TransformerConfig":
     """Itself, once every setting is known to work; a one-line ConfigError otherwise."""
     choices = {"positions": POSITIONS, "norm": NORMS, "mlp": MLPS, "attention": ATTENTION,
-               "remat": ("none", *REMAT_POLICIES)}
+               "remat": ("none", *REMAT_POLICIES), "rope_scaling": ROPE_SCALINGS}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ConfigError(f"model.{name}={getattr(self, name)!r}; use one of "
@@ -107,7 +127,17 @@ class TransformerConfig:
                         f"model.num_kv_heads={self.num_kv_heads}")
     if not 0 <= self.dropout < 1:
       raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
+    if self.causal and (self.post_norm or self.embed_norm):
+      raise ConfigError("model.post_norm and model.embed_norm are options of BERT encoders; "
+                        "decoders are pre-norm: set both False")
+    if self.rope_scaling and not (0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+      raise ConfigError(f"model.rope_low_freq_factor={self.rope_low_freq_factor} must be positive "
+                        f"and below model.rope_high_freq_factor={self.rope_high_freq_factor}")
     return self
+
+  @property
+  def exact_gelu(self) -> bool:
+    return self.mlp == "gelu_exact"
 
   def check_mesh(self, mesh_shape: dict[str, int]) -> None:
     """Tensor parallelism splits heads, key/value heads and the MLP width: each must divide."""
@@ -164,17 +194,36 @@ def dense(cfg: TransformerConfig, features, axes, name: str, std: float = 0.02) 
 
 def norm(cfg: TransformerConfig, name: str) -> nn.Module:
   if cfg.norm == "rmsnorm":
-    return nn.RMSNorm(epsilon=1e-6, dtype=cfg.dtype, param_dtype=jnp.float32,
+    return nn.RMSNorm(epsilon=cfg.norm_eps or 1e-6, dtype=cfg.dtype, param_dtype=jnp.float32,
                       scale_init=_ones(("act_embed",)), name=name)
-  return nn.LayerNorm(epsilon=1e-5, use_bias=cfg.use_bias, dtype=cfg.dtype,
+  return nn.LayerNorm(epsilon=cfg.norm_eps or 1e-5, use_bias=cfg.use_bias, dtype=cfg.dtype,
                       param_dtype=jnp.float32, scale_init=_ones(("act_embed",)),
                       bias_init=_zeros(("act_embed",)), name=name)
 
 
-def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding: rotates pairs (i, i + K/2) by position-dependent angles."""
-  half = x_BxLxHxK.shape[-1] // 2
-  freq_half = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+def rope_frequencies(cfg: TransformerConfig):
+  """The K/2 rotation frequencies theta^(-2i/K), with Llama 3.1's scaling when configured.
+
+  llama3 divides the frequencies of long wavelengths (above original_max_len / low_freq_factor)
+  by `factor`, keeps short ones (below original_max_len / high_freq_factor) and blends in between,
+  so a model pretrained on original_max_len tokens reads longer contexts.
+  """
+  half = cfg.head_dim // 2
+  freq_half = cfg.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if cfg.rope_scaling != "llama3":
+    return freq_half
+  wavelength_half = 2 * jnp.pi / freq_half
+  blend_half = ((cfg.rope_original_max_len / wavelength_half - cfg.rope_low_freq_factor)
+                / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor))
+  blended_half = (1 - blend_half) * freq_half / cfg.rope_factor + blend_half * freq_half
+  long_half = wavelength_half > cfg.rope_original_max_len / cfg.rope_low_freq_factor
+  short_half = wavelength_half < cfg.rope_original_max_len / cfg.rope_high_freq_factor
+  return jnp.where(long_half, freq_half / cfg.rope_factor,
+                   jnp.where(short_half, freq_half, blended_half))
+
+
+def rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, freq_half: jax.Array) -> jax.Array:
+  """Rotary position embedding: rotates pairs (i, i + K/2) by position x frequency i."""
   angle_BxLx1xhalf = (positions_BxL[..., None].astype(jnp.float32) * freq_half)[:, :, None, :]
   sin, cos = jnp.sin(angle_BxLx1xhalf), jnp.cos(angle_BxLx1xhalf)
   x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
@@ -204,8 +253,9 @@ class Attention(nn.Module):
     k_BxSxGxK = dense(cfg, (G, K), ("embed", "kv_heads", "head_dim"), "key")(kv_input)
     v_BxSxGxK = dense(cfg, (G, K), ("embed", "kv_heads", "head_dim"), "value")(kv_input)
     if cfg.positions == "rope" and kv_BxSxD is None:
-      q_BxLxHxK = rope(q_BxLxHxK, positions_BxL, cfg.rope_theta)
-      k_BxSxGxK = rope(k_BxSxGxK, positions_BxL, cfg.rope_theta)
+      freq_half = rope_frequencies(cfg)
+      q_BxLxHxK = rope(q_BxLxHxK, positions_BxL, freq_half)
+      k_BxSxGxK = rope(k_BxSxGxK, positions_BxL, freq_half)
 
     is_causal = self.causal and kv_BxSxD is None
     mask = None if mask_BxLxS is None else mask_BxLxS[:, None]
@@ -243,7 +293,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-  """GELU MLP (GPT-2) or SwiGLU (Llama: silu(x W_gate) * (x W_up), then W_down)."""
+  """GELU MLP (GPT-2, BERT) or SwiGLU (Llama: silu(x W_gate) * (x W_up), then W_down)."""
 
   cfg: TransformerConfig
 
@@ -254,7 +304,7 @@ class Mlp(nn.Module):
     if cfg.mlp == "swiglu":
       h_BxLxF = nn.silu(dense(cfg, cfg.d_ff, ("embed", "mlp"), "gate")(x_BxLxD)) * h_BxLxF
     else:
-      h_BxLxF = nn.gelu(h_BxLxF)
+      h_BxLxF = nn.gelu(h_BxLxF, approximate=not cfg.exact_gelu)
     out_std = 0.02 / (2 * cfg.num_layers) ** 0.5
     return dense(cfg, cfg.d_model, ("mlp", "embed"), "down", std=out_std)(h_BxLxF)
 

@@ -12,6 +12,7 @@ from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
 from bigjax.data import sources
 from bigjax.data import tokenizers
+from bigjax.hf.tokenizer import HuggingFaceTokenizer
 from bigjax.throughput import decoder_flops_per_token
 from bigjax.models import gpt
 from bigjax.models.layers import TransformerConfig
@@ -22,10 +23,12 @@ def make_tokenizer(config: ml_collections.ConfigDict):
   data = config.data
   if data.tokenizer == "byte":
     return tokenizers.ByteTokenizer()
-  if data.tokenizer != "sentencepiece":
-    raise ConfigError(f"data.tokenizer={data.tokenizer!r}; use byte or sentencepiece")
+  if data.tokenizer not in ("sentencepiece", "hf"):
+    raise ConfigError(f"data.tokenizer={data.tokenizer!r}; use byte, sentencepiece or hf")
   if not data.tokenizer_path:
-    raise ConfigError("data.tokenizer='sentencepiece' needs data.tokenizer_path")
+    raise ConfigError(f"data.tokenizer={data.tokenizer!r} needs data.tokenizer_path")
+  if data.tokenizer == "hf":
+    return HuggingFaceTokenizer(data.tokenizer_path)
   return tokenizers.sentencepiece(data.tokenizer_path, data.vocab_size,
                                   lambda: sources.documents(data, "train"))
 

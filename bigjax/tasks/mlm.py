@@ -14,11 +14,22 @@ import optax
 from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
 from bigjax.data import sources, text_tasks
+from bigjax.hf.tokenizer import HuggingFaceTokenizer
 from bigjax.models import bert
 from bigjax.models.layers import TransformerConfig
 from bigjax.tasks.base import Loss, Report, TransformerTask
 from bigjax.tasks.lm import make_tokenizer
 from bigjax.throughput import decoder_flops_per_token
+
+
+def special_tokens(tokenizer) -> text_tasks.SpecialTokens:
+  """[PAD] [CLS] [SEP] [MASK]: a BERT tokenizer's own (Hugging Face WordPiece), otherwise new ids
+  above the tokenizer's vocabulary."""
+  if isinstance(tokenizer, HuggingFaceTokenizer):
+    own = tokenizer.encoder_special_tokens()
+    if own is not None:
+      return own
+  return text_tasks.SpecialTokens(tokenizer.vocab_size)
 
 
 def encoder_config(config: ml_collections.ConfigDict, special: text_tasks.SpecialTokens):
@@ -49,7 +60,7 @@ class MaskedLanguageModelTask(TransformerTask):
     self.metric_names = ("loss", "masked_accuracy") + (
         ("nsp_loss", "nsp_accuracy") if m.nsp else ())
     self.tokenizer = make_tokenizer(config)
-    self.special = text_tasks.SpecialTokens(self.tokenizer.vocab_size)
+    self.special = special_tokens(self.tokenizer)
     self.model_cfg = encoder_config(config, self.special)
     self.model = bert.MaskedLM(self.model_cfg, config.model.token_types, m.nsp)
 

@@ -21,7 +21,7 @@ from bigjax.models import bert
 from bigjax.tasks.base import Loss, Report, TransformerTask
 from bigjax.tasks.classify import classification_report
 from bigjax.tasks.lm import make_tokenizer
-from bigjax.tasks.mlm import encoder_config, encoder_flops_per_example
+from bigjax.tasks.mlm import encoder_config, encoder_flops_per_example, special_tokens
 
 
 class TextClassificationTask(TransformerTask):
@@ -38,9 +38,10 @@ class TextClassificationTask(TransformerTask):
     super().__init__(config, process_index, process_count)
     self.throughput_unit = ("tokens", config.seq_len)
     self.tokenizer = make_tokenizer(config)
-    self.special = text_tasks.SpecialTokens(self.tokenizer.vocab_size)
+    self.special = special_tokens(self.tokenizer)
     self._splits = {}
-    self.class_names = self._examples("train").class_names
+    # Named classes (an imported classifier's labels) build the model without reading any data.
+    self.class_names = tuple(config.data.class_names) or self._examples("train").class_names
     self.model_cfg = encoder_config(config, self.special)
     self.model = bert.Classifier(self.model_cfg, len(self.class_names), config.model.token_types)
 
@@ -94,6 +95,9 @@ class TextClassificationTask(TransformerTask):
         snippets, names = text_tasks.stdlib_family_snippets(*args, d.val_fraction, *share)
       else:
         snippets, names = text_tasks.tfds_classify_snippets(d.name, *args, d.tfds_dir, *share)
+      if d.class_names and len(d.class_names) != len(names):
+        raise ConfigError(f"data.class_names has {len(d.class_names)} classes but the data has "
+                          f"{len(names)} ({', '.join(names)}); set data.class_names=() or match it")
       self._splits[split] = text_tasks.ClassifyExamples(snippets, names, self.config.seq_len,
                                                         self.special)
     return self._splits[split]
