@@ -125,3 +125,19 @@ def no_network(monkeypatch):
     raise AssertionError(f"test tried to reach the network: {address}")
   monkeypatch.setattr(socket.socket, "connect", refuse)
   monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+
+
+@pytest.fixture(scope="session")
+def trained_lm(corpus_path, tmp_path_factory) -> str:
+  """The workdir of a tiny byte-level LM trained a few steps on one device, for the commands that
+  use a run (generate, serve). It has the plain chat template, and an untied output projection,
+  so its greedy continuations depend on the prompt instead of repeating its last byte."""
+  import jax
+
+  from bigjax import train
+
+  config = tiny_config(corpus_path, **{"data.chat_template": "plain",
+                                       "model.tie_embeddings": False})
+  workdir = str(tmp_path_factory.mktemp("trained_lm"))
+  train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  return workdir
