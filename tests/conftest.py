@@ -127,17 +127,29 @@ def no_network(monkeypatch):
   monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
 
 
-@pytest.fixture(scope="session")
-def trained_lm(corpus_path, tmp_path_factory) -> str:
-  """The workdir of a tiny byte-level LM trained a few steps on one device, for the commands that
-  use a run (generate, serve). It has the plain chat template, and an untied output projection,
-  so its greedy continuations depend on the prompt instead of repeating its last byte."""
+
+def initialised_run(config, workdir: str) -> str:
+  """`workdir` holding a checkpoint of `config`'s freshly initialised state (step 0), as a trained
+  run's does: for tests of the commands that use a run, which need one but not its training."""
   import jax
 
-  from bigjax import train
+  from bigjax import build, checkpoint
 
+  run = build.build(config, jax.devices()[:1])
+  state = run.lower_init().compile()(jax.random.key(config.seed))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, async_save=False)
+  try:
+    ckpt.save(0, state, {}, config.to_dict())
+  finally:
+    ckpt.close()
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def lm_run(corpus_path, tmp_path_factory) -> str:
+  """The workdir of a tiny byte-level LM, initialised, with the plain chat template. Its output
+  projection is untied: a tied one makes an untrained model's argmax repeat the last byte, so
+  greedy continuations would not depend on the prompt."""
   config = tiny_config(corpus_path, **{"data.chat_template": "plain",
                                        "model.tie_embeddings": False})
-  workdir = str(tmp_path_factory.mktemp("trained_lm"))
-  train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
-  return workdir
+  return initialised_run(config, str(tmp_path_factory.mktemp("lm_run")))

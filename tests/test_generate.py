@@ -99,12 +99,12 @@ def test_a_prompt_gives_the_same_tokens_alone_and_in_a_batch(model):
 
 def test_new_sampling_values_and_stop_tokens_do_not_recompile(model):
   decoder, params = model
-  generate.generate(decoder, params, PROMPTS, 4, temperature=0.7, top_k=3, seed=1)
+  generate.generate(decoder, params, PROMPTS, 8, temperature=0.7, top_k=3, seed=1)
   compiled = generate._generate._cache_size()
   for settings in [dict(temperature=1.5, top_p=0.5, seed=9), dict(temperature=0.0),
                    dict(temperature=[0.0, 0.5, 2.0], top_k=[1, 0, 7], top_p=[0.3, 1.0, 0.9]),
                    dict(stop_tokens=[3, 4])]:
-    generate.generate(decoder, params, PROMPTS, 4, **settings)
+    generate.generate(decoder, params, PROMPTS, 8, **settings)
   assert generate._generate._cache_size() == compiled
 
 
@@ -132,10 +132,10 @@ def test_top_k_and_top_p_draw_only_from_their_tokens_in_proportion():
 
 def test_a_stop_token_ends_its_row_there(model):
   decoder, params = model
-  free = generate.generate(decoder, params, PROMPTS, 10, temperature=0.0)
+  free = generate.generate(decoder, params, PROMPTS, 8, temperature=0.0)
   row = next(r for r in free if len(set(r)) > 3)
   stop = int(row[3])
-  stopped = generate.generate(decoder, params, PROMPTS, 10, temperature=0.0, stop_tokens=[stop])
+  stopped = generate.generate(decoder, params, PROMPTS, 8, temperature=0.0, stop_tokens=[stop])
   for tokens, full in zip(stopped, free):
     end = list(full).index(stop) if stop in full else len(full)
     np.testing.assert_array_equal(tokens, full[:end])
@@ -150,14 +150,14 @@ def test_prompt_and_new_tokens_must_fit_max_len(model):
     generate.generate(decoder, params, PROMPTS, 4, top_p=1.5)
 
 
-def test_generate_command_samples_a_trained_run(trained_lm):
+def test_generate_command_samples_a_run(lm_run):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  command = [sys.executable, "-m", "bigjax.generate", f"--workdir={trained_lm}",
+  command = [sys.executable, "-m", "bigjax.generate", f"--workdir={lm_run}",
              "--prompt=def f", "--max_new_tokens=12", "--temperature=0"]
   out = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
   assert out.returncode == 0, out.stderr
   import bigjax
-  run = bigjax.load(trained_lm, devices=jax.devices()[:1])
+  run = bigjax.load(lm_run, devices=jax.devices()[:1])
   new = generate.generate(run.model, run.params, [run.tokenizer.encode("def f")], 12,
                           temperature=0.0, stop_tokens=[run.tokenizer.eos_id])[0]
   assert out.stdout == "def f" + run.tokenizer.decode(new) + "\n"

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import logging
 import threading
 import time
 from typing import Any, AsyncIterator, NamedTuple, Sequence
@@ -34,6 +35,8 @@ from bigjax import generate
 from bigjax.config_checks import ConfigError
 from bigjax.models import gpt
 from bigjax.serve.metrics import ServeMetrics
+
+log = logging.getLogger(__name__)
 
 MAX_TOP_LOGPROBS = 20  # most likely alternatives returned per token (OpenAI's chat maximum)
 SMALLEST_BUCKET = 16  # prompt-length buckets: powers of two from this up to max_len, and max_len
@@ -174,8 +177,9 @@ class Engine:
       if self.error is not None or self._stopping:
         raise EngineUnavailable(f"the engine has stopped: {self.error or 'shutting down'}")
       if not bypass_queue_limit and len(self._waiting) + len(requests) > self.max_waiting:
-        raise EngineUnavailable(f"{len(self._waiting)} sequences are waiting for a slot, the "
-                                f"limit is {self.max_waiting}; retry shortly", retry_after=1)
+        raise EngineUnavailable(f"the queue is full ({len(self._waiting)} sequences wait for "
+                                f"a slot, this request adds {len(requests)}, the limit is "
+                                f"{self.max_waiting}); retry shortly", retry_after=1)
       for request in requests:
         request._loop, request._queue = loop, asyncio.Queue()
         request.submitted = time.monotonic()
@@ -219,10 +223,12 @@ class Engine:
         self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         failed = list(self._waiting) + [r for r in self._active if r is not None]
         self._waiting.clear()
+        self._active = [None] * self.num_slots
+      self.metrics.set_load(0, 0, self.num_slots)
       for request in failed:
         self._send(request, Finished("error", self.error))
       self._flush()
-      raise
+      log.exception("the engine loop stopped")
 
   def _turn(self) -> None:
     self.heartbeat = time.monotonic()
@@ -241,17 +247,17 @@ class Engine:
     self._flush()
 
   def _admit(self) -> None:
+    """Fills free slots from the queue (a prefill can end its sequence at once: fill again)."""
     for slot in range(self.num_slots):
-      if self._active[slot] is not None:
-        continue
-      with self._wakeup:
-        request = self._waiting.popleft() if self._waiting else None
-      if request is None:
-        return
-      if request.cancelled:
-        self._send(request, Finished("cancelled"))
-      else:
-        self._prefill(slot, request)
+      while self._active[slot] is None:
+        with self._wakeup:
+          request = self._waiting.popleft() if self._waiting else None
+        if request is None:
+          return
+        if request.cancelled:
+          self._finish(None, request, "cancelled")
+        else:
+          self._prefill(slot, request)
 
   def _prefill(self, slot: int, request: Request) -> None:
     n = len(request.prompt)
@@ -289,8 +295,10 @@ class Engine:
     if request.generated >= request.max_tokens:
       self._finish(slot, request, "length")
 
-  def _finish(self, slot: int, request: Request, reason: str) -> None:
-    self._active[slot] = None
+  def _finish(self, slot: int | None, request: Request, reason: str) -> None:
+    """Frees the slot (None: the request never had one) and tells the request why it ended."""
+    if slot is not None:
+      self._active[slot] = None
     now, metrics = time.monotonic(), self._metrics(request)
     metrics.finished.labels(reason).inc()
     if reason != "cancelled":
