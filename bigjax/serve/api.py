@@ -302,7 +302,7 @@ class Service:
     return ids, max_tokens
 
   def start(self, prompts: list[tuple[str, np.ndarray, int]], body: p.SamplingRequest,
-            stop: list[str], score_prompt: bool = False) -> list[Choice]:
+            stop: list[str], top_logprobs: int = 0, score_prompt: bool = False) -> list[Choice]:
     """Queues body.n sequences per (text, ids, max_tokens) prompt; 503 when the queue is full."""
     stop_tokens = frozenset({self.tokenizer.eos_id})
     choices = []
@@ -310,7 +310,8 @@ class Service:
       for j in range(body.n):
         seed = secrets.randbelow(p.MAX_SEED) if body.seed is None else body.seed + j
         request = engine_lib.Request(ids, max_tokens, body.temperature, body.top_k, body.top_p,
-                                     seed % (p.MAX_SEED + 1), stop_tokens, score_prompt)
+                                     seed % (p.MAX_SEED + 1), stop_tokens, top_logprobs,
+                                     score_prompt)
         choices.append(Choice(i * body.n + j, i, text, ids, request,
                               TextStream(self.tokenizer, ids, stop)))
     try:
@@ -397,7 +398,7 @@ class Service:
     self.check_model(body.model)
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     prompts = [(t, *self.encode_prompt(t, body.max_tokens, "max_tokens")) for t in texts]
-    choices = self.start(prompts, body, self.stop_strings(body),
+    choices = self.start(prompts, body, self.stop_strings(body), body.logprobs or 0,
                          score_prompt=body.echo and body.logprobs is not None)
     ident, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
 
@@ -459,7 +460,7 @@ class Service:
     ids, max_tokens = self.encode_prompt(text, body.max_completion_tokens or body.max_tokens,
                                          "max_tokens")
     stop = self.stop_strings(body) + ([chat.PLAIN_END] if template == "plain" else [])
-    choices = self.start([(text, ids, max_tokens)], body, stop)
+    choices = self.start([(text, ids, max_tokens)], body, stop, body.top_logprobs or 0)
     ident, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     logprobs = lambda tokens: self.chat_logprobs(tokens, body.top_logprobs or 0) \
         if body.logprobs else None

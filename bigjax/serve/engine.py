@@ -78,6 +78,7 @@ class Request:
   top_p: float = 1.0
   seed: int = 0
   stop_tokens: frozenset[int] = frozenset()
+  top_logprobs: int = 0  # most likely alternatives returned with each token (<= 20)
   prompt_logprobs: bool = False  # also score the prompt's tokens (echo with logprobs)
   probe: bool = False  # a readiness check or the warm-up: left out of the metrics
   # ---
@@ -117,9 +118,12 @@ def _scores(logits_BxV, token_B, top: int):
   return chosen_B, top_ids_BxT, top_logp_BxT
 
 
-def _tokens(ids, logprobs, top_ids, top_logprobs) -> list[Token]:
-  return [Token(int(i), float(lp), tuple(zip(map(int, ti), map(float, tl))))
-          for i, lp, ti, tl in zip(ids, logprobs, top_ids, top_logprobs)]
+def _tokens(top: int, ids, logprobs, top_ids, top_logprobs) -> list[Token]:
+  """Tokens from the programs' arrays, each with its `top` most likely alternatives."""
+  ids, logprobs = ids.tolist(), logprobs.tolist()
+  top_ids, top_logprobs = top_ids[:, :top].tolist(), top_logprobs[:, :top].tolist()
+  return [Token(*token, tuple(zip(*alternatives)))
+          for token, alternatives in zip(zip(ids, logprobs), zip(top_ids, top_logprobs))]
 
 
 class Engine:
@@ -270,16 +274,23 @@ class Engine:
         np.bool_(request.prompt_logprobs))
     first, prompt = jax.device_get(out)
     if request.prompt_logprobs:
-      request.prompt_scores = _tokens(tokens_1xP[0, 1:n], *(x[:n - 1] for x in prompt))
+      request.prompt_scores = _tokens(request.top_logprobs, tokens_1xP[0, 1:n],
+                                      *(x[:n - 1] for x in prompt))
     self._metrics(request).prompt.inc(n)
     self._active[slot] = request
-    self._emit(slot, request, _tokens(*first)[0])
+    self._emit(slot, request, _tokens(request.top_logprobs, *first)[0])
 
   def _step(self) -> None:
     self._slots, out = self._decode_program(self.params, self._slots)
-    for slot, token in enumerate(_tokens(*jax.device_get(out))):
-      request = self._active[slot]
+    ids_B, logprobs_B, top_ids_BxT, top_logprobs_BxT = jax.device_get(out)
+    # Alternatives are read for the rows that asked for them: this loop runs every step.
+    top = max((r.top_logprobs for r in self._active if r is not None), default=0)
+    tokens = _tokens(top, ids_B, logprobs_B, top_ids_BxT, top_logprobs_BxT)
+    for slot, request in enumerate(self._active):
       if request is not None:
+        token = tokens[slot]
+        if len(token.top) > request.top_logprobs:
+          token = dataclasses.replace(token, top=token.top[:request.top_logprobs])
         self._emit(slot, request, token)
 
   def _emit(self, slot: int, request: Request, token: Token) -> None:
