@@ -168,10 +168,12 @@ def generate(model: gpt.Decoder, params, prompts: Sequence[Sequence[int]], max_n
 
 def main(argv) -> None:
   from absl import flags
+  from absl import logging as absl_logging
 
   import bigjax
 
   del argv
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every read at INFO
   f = flags.FLAGS
   try:
     run = bigjax.load(f.workdir, best=f.best, devices=jax.devices()[:1])

@@ -134,7 +134,8 @@ def gpt2_from_bigjax(cfg, params):
       vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
       n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.d_ff,
       activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-      layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings)).eval()
+      layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=None,
+      eos_token_id=None, pad_token_id=0)).eval()
   D = cfg.d_model
   tensor = lambda x, *shape: torch.tensor(np.asarray(x, np.float32).reshape(*shape))
   weights = {"transformer.wte.weight": tensor(params["embed"]["embedding"], -1, D),
@@ -163,7 +164,6 @@ def gpt2_from_bigjax(cfg, params):
   weights["lm_head.weight"] = (weights["transformer.wte.weight"] if cfg.tie_embeddings else
                                tensor(np.asarray(params["unembed"]["kernel"]).T, -1, D))
   model.load_state_dict(weights)
-  model.generation_config.update(eos_token_id=None, bos_token_id=None, pad_token_id=0)
   return model
 
 
@@ -209,8 +209,11 @@ def main(argv) -> None:
   del argv
   import jax
   import portpicker
+  from absl import logging as absl_logging
 
   import bigjax
+
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every read at INFO
 
   f = flags.FLAGS
   texts = prompts(f.requests, f.prompt_chars)

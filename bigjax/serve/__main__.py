@@ -36,12 +36,14 @@ def main(argv) -> None:
   del argv
   import jax
   import uvicorn
+  from absl import logging as absl_logging
 
   import bigjax
   from bigjax.config_checks import ConfigError
   from bigjax.serve import api
 
   f = flags.FLAGS
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every read at INFO
   try:
     run = bigjax.load(f.workdir, best=f.best, devices=jax.devices()[:1])
     options = api.ServeOptions(

@@ -192,6 +192,20 @@ class ErrorBody(BaseModel):
   code: str | None = None
 
 
+class APIError(Exception):
+  def __init__(self, status: int, message: str, param: str | None = None,
+               code: str | None = None, type: str = "invalid_request_error",
+               headers: dict[str, str] | None = None):
+    super().__init__(message)
+    self.status, self.param, self.code, self.type, self.headers = status, param, code, type, headers
+
+
+def check_model(requested: str | None, served: str) -> None:
+  if requested not in (None, served):
+    raise APIError(404, f"model {requested!r} is not served here; GET /v1/models lists "
+                   f"{served!r}", param="model", code="model_not_found")
+
+
 def error(message: str, type: str = "invalid_request_error", param: str | None = None,
           code: str | None = None) -> dict[str, Any]:
   """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
