@@ -32,13 +32,14 @@ class Encoders:
     self.ready = False
     self.error: str | None = None
     self._lock = threading.Lock()  # one block on the device at a time: no thrashing
-    task = self.task
-    programs = {
-        "embeddings": lambda p, x: mlm.encoder_embeddings(run.model, p, x, task.special.pad),
-        "classify": getattr(task, "probabilities", None),
-        "translate": getattr(task, "translate", None),
-    }
-    self._programs = {name: jax.jit(programs[name]) for name in self.endpoints}
+    self._programs = {name: jax.jit(self._program(name)) for name in self.endpoints}
+
+  def _program(self, endpoint: str):
+    """(params, inputs_RxL) -> the endpoint's answer for each row, from the task's own code."""
+    if endpoint == "embeddings":
+      pad = self.task.special.pad
+      return lambda params, x: mlm.encoder_embeddings(self.run.model, params, x, pad)
+    return self.task.probabilities if endpoint == "classify" else self.task.translate
 
   def start(self) -> None:
     threading.Thread(target=self._warm_up, name="bigjax-encoders", daemon=True).start()
