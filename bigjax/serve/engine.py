@@ -156,6 +156,7 @@ class Engine:
     self._wakeup = threading.Condition()
     self._stopping = False
     self._outbox: dict[Any, list] = collections.defaultdict(list)
+    self._in_flight = None  # (outputs, slot holders) of the decode step the device is running
     self._thread = threading.Thread(target=self._run, name="bigjax-engine", daemon=True)
 
   # The asyncio side.
@@ -245,6 +246,7 @@ class Engine:
     if running:
       self._step()
     else:
+      self._in_flight = None  # a step whose sequences have all ended since it started
       with self._wakeup:
         if not self._waiting and not self._stopping:
           self._wakeup.wait(timeout=0.5)
@@ -281,13 +283,23 @@ class Engine:
     self._emit(slot, request, _tokens(request.top_logprobs, *first)[0])
 
   def _step(self) -> None:
+    """Starts the next decode step, then hands out the previous step's tokens while the device
+    computes: the host's work hides behind the device's. A sequence that ended in the previous
+    step has one more token computed in this one, which nobody reads."""
     self._slots, out = self._decode_program(self.params, self._slots)
+    previous, self._in_flight = self._in_flight, (out, list(self._active))
+    if previous is not None:
+      self._hand_out(*previous)
+
+  def _hand_out(self, out, holders: list[Request | None]) -> None:
+    """A decode step's tokens to the requests that held the slots when it started, if they
+    still do (not finished, cancelled or replaced since)."""
     ids_B, logprobs_B, top_ids_BxT, top_logprobs_BxT = jax.device_get(out)
-    # Alternatives are read for the rows that asked for them: this loop runs every step.
-    top = max((r.top_logprobs for r in self._active if r is not None), default=0)
+    # Alternatives are read for the rows that asked for them: this runs every step.
+    top = max((r.top_logprobs for r in holders if r is not None), default=0)
     tokens = _tokens(top, ids_B, logprobs_B, top_ids_BxT, top_logprobs_BxT)
-    for slot, request in enumerate(self._active):
-      if request is not None:
+    for slot, request in enumerate(holders):
+      if request is not None and self._active[slot] is request:
         token = tokens[slot]
         if len(token.top) > request.top_logprobs:
           token = dataclasses.replace(token, top=token.top[:request.top_logprobs])
@@ -398,9 +410,11 @@ class Engine:
   def _warm_up(self) -> None:
     """One request end to end (prefill, then a decode step), so the first client waits for
     nothing that startup could have done. Nobody listens to its tokens."""
-    self._prefill(0, Request(np.zeros(1, np.int32), max_tokens=2, temperature=0.0, probe=True))
+    self._prefill(0, Request(np.zeros(1, np.int32), max_tokens=3, temperature=0.0, probe=True))
+    self._step()
     self._step()
     self._outbox.clear()
+    self._active, self._in_flight = [None] * self.num_slots, None
 
 
 def _put_all(events) -> None:
