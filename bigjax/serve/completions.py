@@ -63,14 +63,13 @@ async def merge(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object
 
   tasks = [asyncio.create_task(pump(i, stream)) for i, stream in enumerate(streams)]
   try:
-    for _ in range(len(streams)):
-      while True:
-        i, item, error = await queue.get()
-        if error is not None:
-          raise error
-        yield i, item
-        if item is END:
-          break
+    running = len(streams)
+    while running:
+      i, item, error = await queue.get()
+      if error is not None:
+        raise error
+      running -= item is END
+      yield i, item
   finally:
     for task in tasks:
       task.cancel()

@@ -44,10 +44,6 @@ class Encoders:
   def start(self) -> None:
     threading.Thread(target=self._warm_up, name="bigjax-encoders", daemon=True).start()
 
-  @property
-  def alive(self) -> bool:
-    return self.error is None
-
   def _warm_up(self) -> None:
     try:
       for name in self.endpoints:

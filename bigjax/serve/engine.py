@@ -150,7 +150,6 @@ class Engine:
     self._unrecorded = ServeMetrics(num_slots)  # where probes' figures go
     self.ready = False  # compiled and warmed up
     self.error: str | None = None  # why the engine loop stopped
-    self.heartbeat = 0.0  # time.monotonic() of the loop's last turn
     self._waiting: collections.deque[Request] = collections.deque()
     self._active: list[Request | None] = [None] * num_slots
     self._wakeup = threading.Condition()
@@ -170,10 +169,6 @@ class Engine:
       self._stopping = True
       self._wakeup.notify()
     self._thread.join()
-
-  @property
-  def alive(self) -> bool:
-    return self._thread.is_alive() and self.error is None
 
   def submit(self, requests: Sequence[Request], bypass_queue_limit: bool = False) -> None:
     """Queues every request or none (503 material: EngineUnavailable). From an event loop."""
@@ -236,7 +231,6 @@ class Engine:
       log.exception("the engine loop stopped")
 
   def _turn(self) -> None:
-    self.heartbeat = time.monotonic()
     for slot, request in enumerate(self._active):
       if request is not None and request.cancelled:
         self._finish(slot, request, "cancelled")
