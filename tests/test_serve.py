@@ -311,6 +311,20 @@ def test_a_full_queue_answers_503_with_retry_after(live):
                and live.metric("bigjax_requests_waiting") == 0)
 
 
+def test_a_request_past_its_timeout_gets_504_and_frees_its_slot(live):
+  completions = live.service.completions
+  options = completions.options
+  completions.options = dataclasses.replace(options, request_timeout=0.5)
+  try:
+    with slow_engine(live):  # 50 tokens take 2.5 s at least
+      late = httpx.post(live.url + "/v1/completions", headers=AUTH, timeout=60,
+                        json={**GOOD, "max_tokens": 50, "temperature": 0})
+      assert late.status_code == 504 and late.json()["error"]["code"] == "timeout"
+      wait_until(lambda: live.metric("bigjax_requests_running") == 0)
+  finally:
+    completions.options = options
+
+
 def test_zz_a_dead_engine_makes_ready_503(live):
   """Last in this module: it breaks the shared server's engine."""
   def fail(*args):
