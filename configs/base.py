@@ -138,4 +138,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.max_new_tokens = 200  # tokens generated after the prompt
   c.sample.temperature = 0.8  # softmax temperature (0 = greedy)
   c.sample.top_k = 40  # sample among the k most likely tokens (0 = all)
+  c.sample.top_p = 1.0  # then among the fewest tokens whose probability reaches p (1 = all)
   return c

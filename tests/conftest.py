@@ -125,3 +125,31 @@ def no_network(monkeypatch):
     raise AssertionError(f"test tried to reach the network: {address}")
   monkeypatch.setattr(socket.socket, "connect", refuse)
   monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+
+
+
+def initialised_run(config, workdir: str) -> str:
+  """`workdir` holding a checkpoint of `config`'s freshly initialised state (step 0), as a trained
+  run's does: for tests of the commands that use a run, which need one but not its training."""
+  import jax
+
+  from bigjax import build, checkpoint
+
+  run = build.build(config, jax.devices()[:1])
+  state = run.lower_init().compile()(jax.random.key(config.seed))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, async_save=False)
+  try:
+    ckpt.save(0, state, {}, config.to_dict())
+  finally:
+    ckpt.close()
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def lm_run(corpus_path, tmp_path_factory) -> str:
+  """The workdir of a tiny byte-level LM, initialised, with the plain chat template. Its output
+  projection is untied: a tied one makes an untrained model's argmax repeat the last byte, so
+  greedy continuations would not depend on the prompt."""
+  config = tiny_config(corpus_path, **{"data.chat_template": "plain",
+                                       "model.tie_embeddings": False})
+  return initialised_run(config, str(tmp_path_factory.mktemp("lm_run")))

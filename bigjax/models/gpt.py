@@ -32,7 +32,11 @@ class DecoderBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-  """tokens_BxL -> logits_BxLxV, optionally reading and writing a KV cache for generation."""
+  """tokens_BxL -> logits_BxLxV, optionally reading and writing a KV cache for generation.
+
+  With a cache, the tokens are written from `cache_index`: a scalar, or one index per row (rows
+  at different lengths, as in batched generation). Positions default to the cache index onwards.
+  """
 
   cfg: TransformerConfig
 
@@ -40,7 +44,8 @@ class Decoder(nn.Module):
   def __call__(self, tokens_BxL, positions_BxL=None, cache=None, cache_index=0, train=False):
     cfg = self.cfg
     if positions_BxL is None:
-      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+      start_Bx1 = jnp.broadcast_to(cache_index, tokens_BxL.shape[:1])[:, None]
+      positions_BxL = start_Bx1 + jnp.arange(tokens_BxL.shape[1])
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
                      embedding_init=layers.normal_init(0.02, ("vocab", "embed")), name="embed")
     x_BxLxD = embed(tokens_BxL)

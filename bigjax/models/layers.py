@@ -237,7 +237,7 @@ class Attention(nn.Module):
   Self-attention when `kv_BxSxD` is None, cross-attention otherwise. Causal full-sequence calls
   (training, scoring) run `blockwise_attention` on CPUs and `jax.nn.dot_product_attention` with
   `is_causal` elsewhere, which picks cuDNN flash attention on GPUs. Cached decoding writes the new
-  keys at `cache_index` and masks the unwritten slots.
+  keys at `cache_index` (one per row, or shared) and masks the slots past each row's query.
   """
 
   cfg: TransformerConfig
@@ -260,13 +260,16 @@ class Attention(nn.Module):
     is_causal = self.causal and kv_BxSxD is None
     mask = None if mask_BxLxS is None else mask_BxLxS[:, None]
     if cache is not None:
-      # Write this call's keys into the cache; a query at position p sees cache slots <= p.
-      k_BxSxGxK = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BxSxGxK, cache_index, axis=1)
-      v_BxSxGxK = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxSxGxK, cache_index, axis=1)
+      # Write this call's keys into the cache at each row's own index (a scalar, or one per row
+      # when rows hold sequences of different lengths); a query at position p sees slots <= p.
+      index_B = jnp.broadcast_to(cache_index, x_BxLxD.shape[:1])
+      write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice_in_dim(c, new, i, axis=0))
+      k_BxSxGxK = write(cache["k"], k_BxSxGxK, index_B)
+      v_BxSxGxK = write(cache["v"], v_BxSxGxK, index_B)
       cache = {"k": k_BxSxGxK, "v": v_BxSxGxK}
       slot_S = jnp.arange(k_BxSxGxK.shape[1])
-      query_pos_L = cache_index + jnp.arange(x_BxLxD.shape[1])
-      mask = (slot_S[None, :] <= query_pos_L[:, None])[None, None]
+      query_pos_BxL = index_B[:, None] + jnp.arange(x_BxLxD.shape[1])
+      mask = (slot_S <= query_pos_BxL[..., None])[:, None]
       is_causal = False
 
     k_BxSxGxK, v_BxSxGxK = k_BxSxGxK.astype(q_BxLxHxK.dtype), v_BxSxGxK.astype(q_BxLxHxK.dtype)

@@ -7,7 +7,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from bigjax import generate
 from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
 from bigjax.data import sources
@@ -98,12 +97,15 @@ class LanguageModelTask(TransformerTask):
     s = self.config.sample
     if not s.prompt:
       return Report()
-    prompt = self.tokenizer.encode(s.prompt)[None]
-    room = self.model_cfg.max_len - prompt.shape[1]
-    tokens_BxT = generate.generate(self.model, params, jnp.asarray(prompt), rng,
-                                   max_new_tokens=min(s.max_new_tokens, room),
-                                   temperature=s.temperature, top_k=s.top_k)
-    return Report(texts={"sample": self.tokenizer.decode(np.asarray(tokens_BxT[0]))})
+    # Imported here, not with the package: `python -m bigjax.generate` would load it twice.
+    from bigjax import generate
+
+    prompt = self.tokenizer.encode(s.prompt)
+    new = generate.generate(self.model, params, [prompt],
+                            min(s.max_new_tokens, self.model_cfg.max_len - len(prompt)),
+                            s.temperature, s.top_k, s.top_p,
+                            seed=int(jax.random.randint(rng, (), 0, 2**31 - 1)))[0]
+    return Report(texts={"sample": s.prompt + self.tokenizer.decode(new)})
 
   # Data.
 

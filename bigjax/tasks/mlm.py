@@ -6,9 +6,11 @@ The loss is the mean cross-entropy over the chosen positions only; eval reports 
 accuracy on the chosen positions (plus NSP accuracy when enabled).
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from bigjax.config_checks import ConfigError
@@ -41,6 +43,26 @@ def encoder_flops_per_example(params, cfg: TransformerConfig, seq_len: int) -> f
   n = sum(x.size for x in jax.tree.leaves(params))
   n -= params["encoder"]["pos_embed"]["embedding"].size if cfg.positions == "learned" else 0
   return decoder_flops_per_token(n, cfg.num_layers, seq_len, cfg.d_model, causal=False) * seq_len
+
+
+def encoder_inputs(ids, seq_len: int, special: text_tasks.SpecialTokens) -> np.ndarray:
+  """[CLS] ids [SEP], padded to seq_len: one text as the encoder tasks read it."""
+  if len(ids) > seq_len - 2:
+    raise ConfigError(f"the input has {len(ids)} tokens; this encoder reads at most "
+                      f"seq_len - 2 = {seq_len - 2}")
+  inputs_L = np.full(seq_len, special.pad, np.int32)
+  inputs_L[:len(ids) + 2] = np.concatenate([[special.cls], ids, [special.sep]])
+  return inputs_L
+
+
+def encoder_embeddings(model: nn.Module, params, inputs_BxL, pad: int):
+  """embeddings_BxD: the encoder's last hidden states averaged over the real (non-pad) tokens,
+  for any model with an `encoder` (bert.MaskedLM, bert.Classifier)."""
+  valid_BxL = inputs_BxL != pad
+  h_BxLxD = model.apply({"params": params}, inputs_BxL, valid_BxL,
+                        method=lambda m, tokens, valid: m.encoder(tokens, valid))
+  weights_BxLx1 = valid_BxL[..., None].astype(jnp.float32)
+  return (h_BxLxD.astype(jnp.float32) * weights_BxLx1).sum(1) / weights_BxLx1.sum(1)
 
 
 class MaskedLanguageModelTask(TransformerTask):

@@ -136,6 +136,24 @@ class Seq2SeqTask(TransformerTask):
 
   # Decoding and scoring.
 
+  def source_inputs(self, text: str) -> np.ndarray:
+    """inputs_S: `text` as the encoder reads it, padded to seq_len."""
+    ids = self.tokenizer.encode(text)
+    if len(ids) > self.config.seq_len:
+      raise ConfigError(f"the input has {len(ids)} tokens; this model reads at most "
+                        f"seq_len={self.config.seq_len}")
+    return np.pad(ids, (0, self.config.seq_len - len(ids)), constant_values=self.special.pad)
+
+  def translate(self, params, source_BxS):
+    """outputs_BxT as eval decodes them: beam search as `config.seq2seq` sets it (greedy at 1)."""
+    return self._decode(params, source_BxS)
+
+  def output_text(self, ids_T) -> str:
+    """An output's text: its tokens before [EOS], special tokens left out."""
+    ids = [int(i) for i in ids_T]
+    ids = ids[:ids.index(self.tokenizer.eos_id)] if self.tokenizer.eos_id in ids else ids
+    return self.tokenizer.decode(i for i in ids if i < self.tokenizer.vocab_size)
+
   def _decode(self, params, source_BxS):
     s = self.config.seq2seq
     return seq2seq.decode(self.model, params, source_BxS, self.config.seq_len, self.special.bos,

@@ -84,6 +84,10 @@ class TextClassificationTask(TransformerTask):
   def flops_per_example(self, params) -> float:
     return encoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
 
+  def probabilities(self, params, inputs_BxL):
+    """probs_BxC over `class_names` for encoder inputs (mlm.encoder_inputs)."""
+    return jax.nn.softmax(self._logits(params, {"inputs": inputs_BxL}).astype(jnp.float32))
+
   # Data.
 
   def _examples(self, split: str) -> text_tasks.ClassifyExamples:

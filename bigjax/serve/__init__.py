@@ -1,0 +1,1 @@
+"""Serving a trained run over HTTP in OpenAI's shapes: `python -m bigjax.serve --workdir=W`."""
