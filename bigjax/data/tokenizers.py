@@ -14,6 +14,10 @@ class Tokenizer(Protocol):
 
   def decode(self, ids: Iterable[int]) -> str: ...
 
+  def template_tokens(self) -> dict[str, str]:
+    """Strings a Jinja chat template may use (bos_token, eos_token); {} when there are none."""
+    ...
+
 
 class ByteTokenizer:
   """UTF-8 bytes as ids 0..255. NUL (id 0) never occurs in text, so it marks document ends."""
@@ -26,6 +30,9 @@ class ByteTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return bytes(int(i) for i in ids if i != self.eos_id).decode("utf-8", errors="replace")
+
+  def template_tokens(self) -> dict[str, str]:
+    return {}
 
 
 class SentencePieceTokenizer:
@@ -58,6 +65,9 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._sp.decode([int(i) for i in ids if i != self.eos_id])
+
+  def template_tokens(self) -> dict[str, str]:
+    return {}
 
 
 def sentencepiece(path: str, vocab_size: int,

@@ -249,7 +249,8 @@ class Completions:
     if body.top_logprobs is not None and not body.logprobs:
       raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     text = chat.render_text([m.model_dump() for m in body.messages], template,
-                            add_generation_prompt=True)
+                            add_generation_prompt=True,
+                            special_tokens=self.run.tokenizer.template_tokens())
     ids, max_tokens = self.encode_prompt(text, body.max_completion_tokens or body.max_tokens,
                                          "max_tokens")
     stop = self.stop_strings(body) + ([chat.PLAIN_END] if template == "plain" else [])
