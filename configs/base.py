@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.freeze = ""  # regex over "/"-joined param paths (e.g. "^(embed|encoder)/"): those params get no updates
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # pure data-parallel replicas (-1 = all remaining devices)
+  c.mesh.data = -1  # pure data-parallel replicas (-1 = all remaining devices; 1 if fsdp or tensor is -1)
   c.mesh.fsdp = 1  # parameter/optimizer sharding axis, also splits the batch
   c.mesh.tensor = 1  # tensor-parallel axis: heads, MLP width and vocab are split over it
 
