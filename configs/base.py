@@ -107,7 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.name = "adamw"  # "adamw", "adam", "sgd" (with momentum), "adafactor", "lion"
   c.optim.lr = 1e-3  # peak learning rate
   c.optim.schedule = "cosine"  # after warmup: "cosine", "linear" (to the floor) or "constant"
-  c.optim.warmup_steps = 100  # linear warmup from 0 to lr
+  c.optim.warmup_steps = 100  # linear warmup from 0 to lr (cut to `steps`, with a warning, if longer)
   c.optim.min_lr_ratio = 0.1  # floor of the decay, as a fraction of lr
   c.optim.weight_decay = 0.1  # decoupled, on matrices only (norms, biases, embeddings are skipped)
   c.optim.clip_norm = 1.0  # global gradient norm clip (0 = off)

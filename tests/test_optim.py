@@ -36,6 +36,14 @@ def test_schedule_warms_up_linearly_then_decays_to_its_floor(name):
   assert np.all(np.diff(lr[10:]) <= 1e-7)  # never rises after the warmup
 
 
+def test_a_warmup_longer_than_the_run_is_cut_to_it_and_said(caplog):
+  cfg = optim_config(lr=2.0, warmup_steps=100, schedule="cosine")
+  with caplog.at_level("WARNING", logger="bigjax"):
+    lr = lrs(optim.schedule(cfg, steps=4), 4)
+  np.testing.assert_allclose(lr, [0.0, 0.5, 1.0, 1.5, 2.0], rtol=1e-6)  # 0 to lr over 4 steps
+  assert "optim.warmup_steps=100 is not below steps=4" in caplog.text
+
+
 def test_decay_mask_selects_kernels_only():
   params = {"embed": {"embedding": 0}, "layers": {"attn": {"query": {"kernel": 0, "bias": 0}},
                                                   "attn_norm": {"scale": 0}},
