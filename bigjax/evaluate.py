@@ -76,6 +76,11 @@ def main(argv) -> None:
   FLAGS = flags.FLAGS
   directory, step = find_checkpoint(FLAGS.workdir, FLAGS.best)
   out = FLAGS.out or output_directory(directory, step)
+  stored = tracking.flatten(eval_config(saved_config(directory, step)))
+  changed = {k: v for k, v in tracking.flatten(FLAGS.config).items() if stored[k] != v}
+  if changed and jax.process_index() == 0:
+    print("evaluating with " + ", ".join(f"{k}={v} (trained with {stored[k]})"
+                                         for k, v in changed.items()), flush=True)
   try:
     report = evaluate(FLAGS.config, directory, step)
   except ConfigError as e:
