@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "lm"  # objective, a key of bigjax.tasks.TASKS
   c.steps = 1000  # optimizer updates in the whole run
-  c.batch_size = 16  # global batch, in sequences (summed over all devices and processes)
+  c.batch_size = 16  # global batch, in examples: sequences, images, rows (over all devices and processes)
   c.seq_len = 256  # tokens per training sequence
   c.seed = 0  # root of every random number: params, dropout and data order
   c.compilation_cache_dir = "~/.cache/bigjax/jax"  # compiled programs kept across runs ("" = off)
@@ -58,10 +58,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.heartbeat_seconds = 60  # a process whose peer is silent this long stops
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "stdlib"  # "stdlib" (Python's own sources, no download), "text" (file or dir), "tfds", "sklearn"
+  c.data.source = "stdlib"  # "stdlib" (Python's own sources), "text" (file or dir), "sklearn", "synthetic", "tfds"
   c.data.path = ""  # text file or directory for source="text"
-  c.data.name = ""  # "tiny_shakespeare", "lm1b", "mnist", "fashion_mnist" (tfds); "digits", "diabetes" (sklearn)
-  c.data.tfds_dir = ""  # tfds data_dir ("" = tfds default, ~/tensorflow_datasets)
+  # sklearn: "digits", "diabetes"; synthetic (seq2seq): "reverse", "sort", "addition"; tfds:
+  # "tiny_shakespeare", "lm1b" (lm, mlm), "mnist", "fashion_mnist" (images), "imdb_reviews"
+  # (text_classify), "wmt14_translate/de-en", "wmt_t2t_translate/de-en" (seq2seq)
+  c.data.name = ""
+  c.data.tfds_dir = ""  # where tfds datasets are prepared ("" = ~/tensorflow_datasets); runs never download
   c.data.tokenizer = "byte"  # "byte" (256 ids, NUL separates documents) or "sentencepiece"
   c.data.tokenizer_path = ""  # SentencePiece model file; trained on the train split if missing
   c.data.vocab_size = 8000  # SentencePiece vocabulary when training a new tokenizer
