@@ -15,6 +15,7 @@ ones that read them (evaluate, plot, ...). About three minutes of CPU on 2 cores
 """
 
 import dataclasses
+import glob
 import os
 import re
 import shlex
@@ -56,6 +57,8 @@ class Plan:
   skip: str = ""  # why the command is not run (then nothing else applies)
   check: str = ""  # a function of this module that checks the command instead of running it
   after_training: bool = False  # reads what the training commands write
+  files: tuple = ()  # paths, relative to the scratch directory, the command must write
+  again: str = ""  # a regex the same command, run a second time, must print
 
 
 def tfds_error(name):
@@ -85,6 +88,16 @@ PLANS = [
          args=(*SHORT, *SMALL_MODEL)),
     Plan(r"python -m bigjax\.train --config=configs/shakespeare_char\.py",
          args=(*SHORT, "--config.data.path={corpus}")),  # the README's PATH is the user's file
+    # The default job: a text sample at the end; run again, it says it has finished.
+    Plan(r"python -m bigjax\.train --config=configs/gpt_tiny\.py --workdir=runs/gpt_tiny$",
+         args=tuple(SHORT), output=r"^--- sample ---$",
+         again=r"^runs/gpt_tiny finished at step 2: .*eval/loss"),
+    # Every classifier saves its confusion matrix; the VAE its image grids.
+    Plan(r"python -m bigjax\.train --config=configs/(bert_classify|digits_mlp)\.py",
+         args=tuple(SHORT), files=("runs/*/images/eval_confusion_matrix_step2.png",)),
+    Plan(r"python -m bigjax\.train --config=configs/digits_vae\.py", args=tuple(SHORT),
+         files=("runs/digits_vae/images/reconstructions_step2.png",
+                "runs/digits_vae/images/samples_step2.png")),
     Plan(r"(XLA_FLAGS=\S+ )?python -m bigjax\.train", args=tuple(SHORT)),
     Plan(r"python scripts/sweep\.py", args=(*SHORT, "--workers=1", "--count=1"),
          output=r"^wrote \S*sweep\.png"),
@@ -191,14 +204,22 @@ def test_readme_command(command, scratch):
     globals()[plan.check](runnable, scratch)
     return
   args = " ".join(shlex.quote(a.format(corpus=scratch["corpus"])) for a in plan.args)
+  run_and_expect(f"{runnable} {args}", plan.returncode, plan.output, scratch)
+  for pattern in plan.files:
+    assert glob.glob(os.path.join(scratch["cwd"], pattern)), f"{command} wrote no {pattern}"
+  if plan.again:
+    run_and_expect(f"{runnable} {args}", 0, plan.again, scratch)
+
+
+def run_and_expect(command: str, returncode: int, output: str, scratch) -> None:
   start = time.perf_counter()
-  result = subprocess.run(["bash", "-c", f"{runnable} {args}"], cwd=scratch["cwd"],
-                          env=scratch["env"], capture_output=True, text=True, timeout=600)
-  output = result.stdout + result.stderr
-  assert result.returncode == plan.returncode, (
-      f"{runnable} {args}\nexit {result.returncode} after {time.perf_counter() - start:.0f}s\n"
-      f"{output[-3000:]}")
-  assert re.search(plan.output, output, re.M), f"{runnable} {args}\n{output[-3000:]}"
+  result = subprocess.run(["bash", "-c", command], cwd=scratch["cwd"], env=scratch["env"],
+                          capture_output=True, text=True, timeout=600)
+  printed = result.stdout + result.stderr
+  assert result.returncode == returncode, (
+      f"{command}\nexit {result.returncode} after {time.perf_counter() - start:.0f}s\n"
+      f"{printed[-3000:]}")
+  assert re.search(output, printed, re.M), f"{command}\n{printed[-3000:]}"
 
 
 def check_aot_command(command, scratch):
