@@ -1,6 +1,6 @@
 """The classic MNIST MLP (784-512-256-128-10), read from tfds once prepared (~20 MB).
 
-    python -m bigjax.data.tfds_source mnist fashion_mnist  # once, on a machine with network
+    python -m bigjax.data.prepare_tfds mnist fashion_mnist  # once, on a machine with network
     python -m bigjax.train --config=configs/mnist_mlp.py --workdir=runs/mnist_mlp
     python -m bigjax.train --config=configs/mnist_mlp.py:fashion --workdir=runs/fashion_mlp
 

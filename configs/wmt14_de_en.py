@@ -1,6 +1,6 @@
 """German -> English translation on WMT14 with a Transformer-base encoder-decoder, scored in BLEU.
 
-    python -m bigjax.data.tfds_source wmt14_translate/de-en  # once, on a machine with network
+    python -m bigjax.data.prepare_tfds wmt14_translate/de-en  # once, on a machine with network
     python -m bigjax.train --config=configs/wmt14_de_en.py --workdir=runs/wmt14_de_en
 
 The first command downloads and prepares tfds wmt14_translate/de-en (about 4.5M train pairs;

@@ -64,7 +64,7 @@ class Plan:
 def tfds_error(name):
   """A config reading tfds, in a scratch directory without prepared data: one line, exit 2."""
   return dict(returncode=2, output=rf"^error: tfds {re.escape(name)} is not prepared in \S+ "
-                                   r"\(data\.tfds_dir=.*python -m bigjax\.data\.tfds_source")
+                                   r"\(data\.tfds_dir=.*python -m bigjax\.data\.prepare_tfds")
 
 
 # First match wins: specific patterns before general ones.
@@ -72,7 +72,7 @@ PLANS = [
     # Not run.
     Plan(r"pip install", skip="installs packages: the tests run in the environment it builds"),
     Plan(r"python -m pytest", skip="the test suite itself"),
-    Plan(r"python -m bigjax\.data\.tfds_source",
+    Plan(r"python -m bigjax\.data\.prepare_tfds",
          skip="downloads, the one command that needs the network; tests/test_tfds_source.py "
               "prepares a dataset generated offline through the same code"),
     Plan(r"wandb (sync|sweep|agent)", skip="W&B's server: needs the network and an account"),

@@ -9,7 +9,7 @@ import pytest
 
 from bigjax import build
 from bigjax.config_checks import ConfigError
-from bigjax.data import tfds_source
+from bigjax.data import prepare_tfds, tfds_source
 from configs import bert_classify, gpt_tiny, mnist_cnn, mnist_mlp, wmt14_de_en
 
 
@@ -38,7 +38,7 @@ def test_a_config_without_its_prepared_dataset_fails_at_once(no_network, tmp_pat
     build.make_task(config)
   message = str(e.value)
   assert "\n" not in message and f"tfds {name} is not prepared in {tmp_path}/" in message
-  assert "data.tfds_dir" in message and f"python -m bigjax.data.tfds_source {name}" in message
+  assert "data.tfds_dir" in message and f"python -m bigjax.data.prepare_tfds {name}" in message
   # Opening a dataset's metadata takes milliseconds; a download attempt retries for minutes.
   assert time.perf_counter() - start < 5
   assert list(tmp_path.iterdir()) == []  # nothing downloaded, nothing half-prepared
@@ -77,8 +77,16 @@ def test_prepare_then_read_by_index(tmp_path):
   data_dir = str(tmp_path)
   with pytest.raises(ConfigError, match="bigjax_test_squares is not prepared"):
     tfds_source.data_source("bigjax_test_squares", "train", data_dir)
-  tfds_source.prepare("bigjax_test_squares", data_dir)
+  prepare_tfds.prepare("bigjax_test_squares", data_dir)
   train = tfds_source.data_source("bigjax_test_squares", "train", data_dir)
   assert len(train) == 10
   assert sorted((int(r["x"]), int(r["square"])) for r in train) == [(n, n * n) for n in range(10)]
   assert len(tfds_source.data_source("bigjax_test_squares", "test", data_dir)) == 3
+
+
+def test_the_preparing_command_names_an_unknown_dataset_in_one_line(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "bigjax.data.prepare_tfds", "mnistt",
+                           f"--data_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == ["error: tfds has no dataset 'mnistt'; check "
+                                                "data.name"]
