@@ -106,6 +106,7 @@ PLANS = [
     # Reading what training wrote.
     Plan(r"python -m bigjax\.evaluate", args=("--config.eval_steps=1",), after_training=True,
          output=r"step 2: eval/loss"),
+    Plan(r"python -m bigjax\.generate", after_training=True),  # as written, from runs/gpt_tiny
     Plan(r"python scripts/plot\.py", after_training=True, output=r"wrote"),
     Plan(r"python scripts/bench\.py --config=configs/(gpt2|llama)\.py",
          args=(*BENCH, *SMALL_MODEL), after_training=True, output=r"tokens_per_sec"),
