@@ -12,7 +12,7 @@ The commands run in one scratch directory (configs/ and scripts/ linked in, so `
 there), with `python` on PATH being this interpreter, one CPU device, tfds pointed at an empty
 directory and no network needed: first the ones that write runs (training, sweeps), in README
 order, then the ones that read them (evaluate, plot, ...). About four minutes of CPU in all
-(measured: 263 s user + 30 s system on the shared 2-core machine).
+(measured: 245 s user + 29 s system on the shared 2-core machine).
 """
 
 import dataclasses
