@@ -78,8 +78,8 @@ PLANS = [
          skip="downloads, the one command that needs the network; tests/test_tfds_source.py "
               "prepares a dataset generated offline through the same code"),
     Plan(r"wandb (sync|sweep|agent)", skip="W&B's server: needs the network and an account"),
-    Plan(r".*(\.\.\.|TPU_NAME)", skip="a pattern, not a command line; tests/test_launch.py runs "
-                                      "the launchers (their DRY_RUN output and two real processes)"),
+    Plan(r".*(\.\.\.|TPU_NAME)", skip="a pattern, not a command line; tests/test_launch.py "
+                                      "runs the launchers (DRY_RUN output, two real processes)"),
     Plan(r"python -m bigjax\.launch$", skip="names the module; tests/test_launch.py runs it"),
     # Checked without running.
     Plan(r"python scripts/aot_compile\.py", check="check_aot_command"),
