@@ -14,8 +14,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def mesh_shape(mesh: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
-  """Resolves the one -1 axis to the devices that remain; the product must equal num_devices."""
+  """Resolves the one -1 axis to the devices that remain; the product must equal num_devices.
+
+  `data` is the axis that takes what is left: its -1 (the default) becomes 1 when `fsdp` or
+  `tensor` is -1, so `--config.mesh.fsdp=-1` alone means FSDP over every device.
+  """
   shape = {"data": mesh.data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
+  if shape["data"] == -1 and -1 in (shape["fsdp"], shape["tensor"]):
+    shape["data"] = 1
   free = [name for name, size in shape.items() if size == -1]
   if len(free) > 1:
     raise ConfigError(f"mesh axes {free} are all -1; at most one mesh axis may be -1")

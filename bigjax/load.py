@@ -67,6 +67,15 @@ def find_checkpoint(path: str, best: bool = False) -> tuple[str, int]:
   return path, steps[-1]
 
 
+def checkpoint_config(directory: str, step: int) -> ml_collections.ConfigDict:
+  """The locked config that checkpoint `step` in `directory` was trained with."""
+  ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
+  try:
+    return config_from_dict(ckpt.read_config(step))
+  finally:
+    ckpt.close()
+
+
 def layout_config(config: ml_collections.ConfigDict, num_devices: int,
                   mesh: dict[str, int] | None) -> ml_collections.ConfigDict:
   """A copy of `config` laid out on these devices: replicated unless `mesh` says otherwise."""
@@ -74,6 +83,7 @@ def layout_config(config: ml_collections.ConfigDict, num_devices: int,
   config.mesh.update(mesh or {"data": -1, "fsdp": 1, "tensor": 1})
   config.batch_size = num_devices  # no batch is read; this only satisfies the layout checks
   config.optim.grad_accum_steps = 1
+  config.optim.warmup_steps = 0  # no update is made: the schedule (and its warnings) are moot
   config.init_from = ""
   config.compilation_cache_dir = ""
   config.lock()
@@ -87,11 +97,7 @@ def _locate(path: str, best: bool, scan_layers: bool):
     config = convert.run_config(path, scan_layers)
     return config, os.path.abspath(path), 0, lambda abstract: convert.read_params(path, abstract)
   directory, step = find_checkpoint(path, best)
-  ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
-  try:
-    config = config_from_dict(ckpt.read_config(step))
-  finally:
-    ckpt.close()
+  config = checkpoint_config(directory, step)
   state = os.path.join(directory, str(step), "state")
   return config, directory, step, lambda abstract: checkpoint.restore_params(state, abstract)
 

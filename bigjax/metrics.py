@@ -122,8 +122,9 @@ def roc_curve(positives_N, negatives_N) -> tuple[np.ndarray, np.ndarray]:
 CLASSIFICATION_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
 
 
-def classification_summary(sums) -> dict[str, float]:
-  """Loss, accuracy, macro precision/recall/F1 and one-vs-rest macro ROC-AUC.
+def classification_summary(sums, class_names=None) -> dict[str, float]:
+  """Loss, accuracy, macro precision/recall/F1 and one-vs-rest macro ROC-AUC, then each class's
+  precision, recall and F1 as "precision/NAME" ... (NAME from `class_names`, else its index).
 
   Macro averages weigh every class equally; the AUC averages over classes that have both
   positives and negatives (with two classes it is the binary AUC: both classes give the same).
@@ -131,10 +132,14 @@ def classification_summary(sums) -> dict[str, float]:
   confusion_CxC = np.asarray(sums["confusion"], np.float64)
   precision_C, recall_C, f1_C = precision_recall_f1(confusion_CxC)
   aucs = [roc_auc(p, n) for p, n in zip(sums["auc_positives"], sums["auc_negatives"])]
-  return {"loss": float(sums["loss"] / sums["count"]),
-          "accuracy": float(np.trace(confusion_CxC) / confusion_CxC.sum()),
-          "precision": float(precision_C.mean()), "recall": float(recall_C.mean()),
-          "f1": float(f1_C.mean()), "roc_auc": float(np.nanmean(aucs))}
+  summary = {"loss": float(sums["loss"] / sums["count"]),
+             "accuracy": float(np.trace(confusion_CxC) / confusion_CxC.sum()),
+             "precision": float(precision_C.mean()), "recall": float(recall_C.mean()),
+             "f1": float(f1_C.mean()), "roc_auc": float(np.nanmean(aucs))}
+  names = class_names or [str(c) for c in range(len(confusion_CxC))]
+  for name, values_C in (("precision", precision_C), ("recall", recall_C), ("f1", f1_C)):
+    summary |= {f"{name}/{c}": float(v) for c, v in zip(names, values_C)}
+  return summary
 
 
 def regression_summary(sums) -> dict[str, float]:

@@ -1,5 +1,7 @@
 """The optax optimizer and learning-rate schedule named by `config.optim`."""
 
+import logging
+
 import jax
 import ml_collections
 import optax
@@ -11,10 +13,19 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 
 def schedule(optim: ml_collections.ConfigDict, steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr`, then cosine or linear decay to `min_lr_ratio * lr`, or flat."""
+  """Linear warmup from 0 to `lr`, then cosine or linear decay to `min_lr_ratio * lr`, or flat.
+
+  A warmup as long as the run or longer (a run shortened with `--config.steps`) is cut to the
+  run, with a warning: the rate rises over every step and never decays.
+  """
   if optim.schedule not in SCHEDULES:
     raise ConfigError(f"optim.schedule={optim.schedule!r}; use one of {', '.join(SCHEDULES)}")
   warmup = min(optim.warmup_steps, steps)
+  if optim.warmup_steps >= steps:
+    logging.getLogger("bigjax").warning(
+        "optim.warmup_steps=%d is not below steps=%d: the learning rate warms up over the whole "
+        "run and never decays; set optim.warmup_steps below steps for a schedule that does",
+        optim.warmup_steps, steps)
   floor = optim.lr * optim.min_lr_ratio
   decay_steps = max(steps - warmup, 1)
   after = {

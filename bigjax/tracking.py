@@ -7,8 +7,9 @@
 - A `jax.profiler` trace of `profile_steps` under WORKDIR/profile, for TensorBoard's profile tab
   (`tensorboard --logdir WORKDIR`) or https://ui.perfetto.dev (the perfetto_trace.json.gz file).
 
-A resumed run continues the same W&B run: its id is kept in WORKDIR/wandb_run_id. Offline, each
-resumption is a directory of its own under WORKDIR/wandb/ with that id, and
+W&B's files go under WORKDIR/wandb/, or under $WANDB_DIR/wandb/ when WANDB_DIR is set. A resumed
+run continues the same W&B run: its id is kept in WORKDIR/wandb_run_id. Offline, each resumption
+is a directory of its own under that wandb/ directory with that id, and
 `wandb sync WORKDIR/wandb/offline-run-*` uploads them, in order, into the one run.
 """
 
@@ -242,5 +243,6 @@ def _start_wandb(config, workdir, info):
     with open(id_file, "w") as f:
       f.write(run_id)
   return wandb.init(project=config.tracking.project, id=run_id, resume="allow",
-                    mode=config.tracking.wandb, dir=workdir, config=flatten(config) | info,
+                    mode=config.tracking.wandb, dir=os.environ.get("WANDB_DIR", workdir),
+                    config=flatten(config) | info,
                     settings=wandb.Settings(quiet=True))  # the run's address, not a summary table

@@ -325,8 +325,9 @@ def _wrap_up(run, state, ckpt, tracker, best, metrics, progress, step) -> dict:
 
 
 def _format(scalars: dict) -> str:
+  """The headline values; per-class ones (eval/f1/CLASS) go to the trackers only."""
   return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                   for k, v in scalars.items())
+                   for k, v in scalars.items() if k.count("/") < 2)
 
 
 def _say(progress, text: str) -> None:

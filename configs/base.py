@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "lm"  # objective, a key of bigjax.tasks.TASKS
   c.steps = 1000  # optimizer updates in the whole run
-  c.batch_size = 16  # global batch, in sequences (summed over all devices and processes)
+  c.batch_size = 16  # global batch in examples (sequences, images, rows), over all devices and processes
   c.seq_len = 256  # tokens per training sequence
   c.seed = 0  # root of every random number: params, dropout and data order
   c.compilation_cache_dir = "~/.cache/bigjax/jax"  # compiled programs kept across runs ("" = off)
@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.freeze = ""  # regex over "/"-joined param paths (e.g. "^(embed|encoder)/"): those params get no updates
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # pure data-parallel replicas (-1 = all remaining devices)
+  c.mesh.data = -1  # data-parallel replicas (-1 = the remaining devices; 1 if fsdp or tensor is -1)
   c.mesh.fsdp = 1  # parameter/optimizer sharding axis, also splits the batch
   c.mesh.tensor = 1  # tensor-parallel axis: heads, MLP width and vocab are split over it
 
@@ -58,10 +58,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.heartbeat_seconds = 60  # a process whose peer is silent this long stops
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "stdlib"  # "stdlib" (Python's own sources, no download), "text" (file or dir), "tfds", "sklearn"
+  c.data.source = "stdlib"  # "stdlib" (Python's sources), "text" (file/dir), "sklearn", "synthetic", "tfds"
   c.data.path = ""  # text file or directory for source="text"
-  c.data.name = ""  # "tiny_shakespeare", "lm1b", "mnist", "fashion_mnist" (tfds); "digits", "diabetes" (sklearn)
-  c.data.tfds_dir = ""  # tfds data_dir ("" = tfds default, ~/tensorflow_datasets)
+  # sklearn: "digits", "diabetes"; synthetic (seq2seq): "reverse", "sort", "addition"; tfds:
+  # "tiny_shakespeare", "lm1b" (lm, mlm), "mnist", "fashion_mnist" (images), "imdb_reviews"
+  # (text_classify), "wmt14_translate/de-en", "wmt_t2t_translate/de-en" (seq2seq)
+  c.data.name = ""
+  c.data.tfds_dir = ""  # where tfds datasets are prepared ("" = ~/tensorflow_datasets); never downloaded
   c.data.tokenizer = "byte"  # "byte" (256 ids, NUL separates documents), "sentencepiece" or "hf" (a tokenizer.json)
   c.data.tokenizer_path = ""  # SentencePiece model file (trained on the train split if missing); for "hf" its directory
   c.data.vocab_size = 8000  # SentencePiece vocabulary when training a new tokenizer
@@ -117,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.name = "adamw"  # "adamw", "adam", "sgd" (with momentum), "adafactor", "lion"
   c.optim.lr = 1e-3  # peak learning rate
   c.optim.schedule = "cosine"  # after warmup: "cosine", "linear" (to the floor) or "constant"
-  c.optim.warmup_steps = 100  # linear warmup from 0 to lr
+  c.optim.warmup_steps = 100  # linear warmup from 0 to lr (longer than `steps`: cut, with a warning)
   c.optim.min_lr_ratio = 0.1  # floor of the decay, as a fraction of lr
   c.optim.weight_decay = 0.1  # decoupled, on matrices only (norms, biases, embeddings are skipped)
   c.optim.clip_norm = 1.0  # global gradient norm clip (0 = off)

@@ -7,7 +7,8 @@
 The four classes are asyncio, email, tkinter and unittest; validation snippets come from files
 held out of training. Without init_from the same model trains from scratch (the baseline).
 Add --config.freeze='^(embed|encoder)/' to train only the new head (a linear probe).
-Variant `:imdb` classifies tfds imdb_reviews sentiment (downloads the dataset).
+Variant `:imdb` classifies tfds imdb_reviews sentiment, once prepared on a machine with network:
+`python -m bigjax.data.prepare_tfds imdb_reviews` (then pass --config.data.tfds_dir if elsewhere).
 """
 
 from configs import bert_mlm

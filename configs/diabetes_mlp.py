@@ -28,5 +28,4 @@ def get_config():
   c.optim.warmup_steps = 20
   c.optim.weight_decay = 1e-2
   c.optim.b2 = 0.999
-  c.sample.prompt = ""  # a regressor does not generate text
   return c

@@ -28,5 +28,4 @@ def get_config():
   c.optim.warmup_steps = 50
   c.optim.weight_decay = 1e-4
   c.optim.b2 = 0.999
-  c.sample.prompt = ""  # images, not text
   return c

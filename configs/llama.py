@@ -3,8 +3,12 @@
     python -m bigjax.train --config=configs/llama.py:1b --workdir=runs/llama_1b
     python scripts/aot_compile.py --config=configs/llama.py:7b --topology=v5p-64
 
-Sizes follow the published Llama 2 / Llama 3.2 shapes. The big ones shard parameters with FSDP
-over all devices and recompute activations in the backward pass.
+Shapes follow the published Llama 2 (7b, 13b, 70b) and Llama 3.2 (1b) models; 150m is a
+GPT-2-small-sized Llama. Byte-level by default (vocab 256), so the counts leave out most of the
+embedding and the output layer: 150m has 75.9M parameters, 1b 0.97B (Llama 3.2 1B: 1.24B with
+its 128,256 tokens), 7b 6.48B (6.74B with Llama 2's 32,000), 13b 12.69B (13.02B), 70b 68.46B
+(68.98B). The big ones shard parameters with FSDP over all devices and recompute activations in
+the backward pass.
 """
 
 from configs import base

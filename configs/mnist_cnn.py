@@ -1,4 +1,4 @@
-"""A CNN on MNIST (or Fashion-MNIST with `:fashion`), read from tfds (downloaded once).
+"""A CNN on MNIST (or Fashion-MNIST with `:fashion`), read from tfds once prepared (mnist_mlp.py).
 
     python -m bigjax.train --config=configs/mnist_cnn.py --workdir=runs/mnist_cnn
     python -m bigjax.train --config=configs/mnist_cnn.py:fashion --workdir=runs/fashion_cnn

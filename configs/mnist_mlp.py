@@ -1,10 +1,12 @@
-"""The classic MNIST MLP (784-512-256-128-10), read from tfds (downloaded once, ~20 MB).
+"""The classic MNIST MLP (784-512-256-128-10), read from tfds once prepared (~20 MB).
 
+    python -m bigjax.data.prepare_tfds mnist fashion_mnist  # once, on a machine with network
     python -m bigjax.train --config=configs/mnist_mlp.py --workdir=runs/mnist_mlp
     python -m bigjax.train --config=configs/mnist_mlp.py:fashion --workdir=runs/fashion_mlp
 
 Variant `fashion` trains on Fashion-MNIST instead. 60k training and 10k test images, read with
-`tfds.data_source` and grain (no TensorFlow); the whole test split is evaluated.
+`tfds.data_source` and grain (no TensorFlow) from data.tfds_dir (default ~/tensorflow_datasets);
+the whole test split is evaluated.
 """
 
 from configs import base
@@ -28,5 +30,4 @@ def get_config(variant: str = ""):
   c.optim.warmup_steps = 100
   c.optim.weight_decay = 1e-4
   c.optim.b2 = 0.999
-  c.sample.prompt = ""  # a classifier does not generate text
   return c

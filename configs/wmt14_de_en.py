@@ -1,13 +1,14 @@
 """German -> English translation on WMT14 with a Transformer-base encoder-decoder, scored in BLEU.
 
+    python -m bigjax.data.prepare_tfds wmt14_translate/de-en  # once, on a machine with network
     python -m bigjax.train --config=configs/wmt14_de_en.py --workdir=runs/wmt14_de_en
 
-The first run downloads and prepares tfds wmt14_translate/de-en (about 4.5M train pairs; several
-GB, into data.tfds_dir) and trains a 32k-piece SentencePiece vocabulary shared by both languages
-into data.tokenizer_path, which later runs reuse. Eval beam-decodes eval_steps batches of the
-validation split (newstest2013) and reports eval/bleu (on words of the detokenized output, see
-bigjax.bleu.words) and eval/exact_match. `:t2t` reads wmt_t2t_translate/de-en instead, the
-tensor2tensor mix of the same corpora.
+The first command downloads and prepares tfds wmt14_translate/de-en (about 4.5M train pairs;
+several GB, into data.tfds_dir). The first run trains a 32k-piece SentencePiece vocabulary shared
+by both languages into data.tokenizer_path, which later runs reuse. Eval beam-decodes eval_steps
+batches of the validation split (newstest2013) and reports eval/bleu (on words of the detokenized
+output, see bigjax.bleu.words) and eval/exact_match. `:t2t` reads wmt_t2t_translate/de-en
+instead, the tensor2tensor mix of the same corpora.
 
 The model is Vaswani et al.'s base (6+6 layers, width 512, 8 heads, MLP 2048, dropout 0.1, Adam
 b2 0.98, 4000 warmup steps), without their label smoothing; sentences longer than 128 pieces are

@@ -4,7 +4,8 @@
         --workdir=runs/sweep_lr --workers=2 [--count=N] [--seed=0] [--config.steps=200 ...]
 
 Each run is `python -m bigjax.train` in WORKDIR/<its overrides> (e.g. WORKDIR/optim.lr=0.001),
-its output in train.log there; `--config.*` flags given here apply to every run. A run is finished
+its output in train.log there; `--config.*` flags given here apply to every run and win over the
+sweep file's values of the same key (`--config.steps=20` shortens every run). A run is finished
 when its metrics.jsonl holds the sweep's metric at the final step. Rerunning the same command
 skips finished runs and resumes the others from their checkpoints; Ctrl-C (or SIGTERM) stops the
 runs, each saving a checkpoint first. At the end it prints the runs sorted by the metric and
@@ -82,8 +83,8 @@ def final_metric(run_dir: str, metric: str, steps: int) -> float | None:
 class Runner:
   """Starts runs as subprocesses; `stop` asks every live one to save and exit."""
 
-  def __init__(self, base_args: list[str], workers: int):
-    self.base_args = base_args
+  def __init__(self, base_args: list[str], cli_overrides: list[str], workers: int):
+    self.base_args, self.cli_overrides = base_args, cli_overrides
     self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     if workers > 1:  # runs share each accelerator: split its memory, not 75% to the first one
@@ -95,8 +96,9 @@ class Runner:
   def run(self, run_dir: str, overrides: dict) -> int:
     """Trains one run to the end (or until stopped); returns its exit code."""
     os.makedirs(run_dir, exist_ok=True)
+    # The command line's overrides come last: absl applies them in order, so they win.
     command = [sys.executable, "-m", "bigjax.train", f"--workdir={run_dir}", *self.base_args,
-               *(f"--config.{k}={v}" for k, v in overrides.items())]
+               *(f"--config.{k}={v}" for k, v in overrides.items()), *self.cli_overrides]
     with open(os.path.join(run_dir, "train.log"), "a") as log, self._lock:
       if self.stopping:
         return -signal.SIGTERM
@@ -130,12 +132,19 @@ def main(argv) -> None:
     sys.exit(f"error: {e}")
 
   # The config file and its --config.* overrides go to every run, as typed here.
-  base_args = [f"--config={FLAGS['config'].config_filename}", "--config.tracking.progress=False",
-               *(a for a in sys.argv[1:] if a.startswith("--config."))]
-  runner = Runner(base_args, FLAGS.workers)
+  base_args = [f"--config={FLAGS['config'].config_filename}", "--config.tracking.progress=False"]
+  cli_overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  cli_keys = {a[len("--config."):].split("=", 1)[0] for a in cli_overrides}
+  for key in sorted(cli_keys & set(sweep.parameters)):
+    print(f"--config.{key} on the command line replaces the sweep's {key} in every run",
+          flush=True)
+  runner = Runner(base_args, cli_overrides, FLAGS.workers)
   results = {}  # run name -> metric value, or a word saying why there is none
 
   def steps_of(overrides):
+    """The run's final step: the command line's, else the sweep's, else the config file's."""
+    if "steps" in cli_keys:
+      return FLAGS.config.steps
     return int(overrides.get("steps", FLAGS.config.steps))
 
   todo = []

@@ -73,13 +73,19 @@ def test_encoder_is_bidirectional():
   np.testing.assert_allclose(a[0, :-1], b[0, :-1], atol=1e-5)
 
 
-@pytest.mark.parametrize("num_devices", [1, 8])
-def test_mlm_runs_through_the_loop(make_config, workdir, num_devices):
-  config = mlm_config(make_config, **{"mlm.nsp": num_devices == 8, "model.token_types": 2})
-  final = train_and_evaluate(config, workdir, devices=jax.devices()[:num_devices])
-  assert np.isfinite(final["train/loss"]) and 0 <= final["eval/masked_accuracy"] <= 1
-  if num_devices == 8:
-    assert "eval/nsp_accuracy" in final
+def test_mlm_with_nsp_learns_and_gives_the_same_numbers_on_1_and_8_devices(make_config,
+                                                                         tmp_path):
+  config = mlm_config(make_config, **{"mlm.nsp": True, "model.token_types": 2})
+  one = train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+  eight = train_and_evaluate(config, str(tmp_path / "eight"), devices=jax.devices())
+  scores = [k for k in one if k.startswith(("train/loss", "train/mlm", "train/nsp", "eval/"))]
+  assert {"eval/masked_accuracy", "eval/nsp_accuracy", "train/nsp_loss"} <= set(scores)
+  for key in scores:  # sums over the same rows, added in another order
+    assert eight[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+  # Guessing among the 261 ids is right 1 time in 261 (0.004) with a loss of ln 261 = 5.56; the
+  # commonest byte (space) is 31% of this corpus, which 4 steps learn (measured: 0.25, 5.30).
+  assert one["eval/masked_accuracy"] > 0.1
+  assert one["eval/loss"] < np.log(SPECIAL.vocab_size) - 0.1
 
 
 def test_nsp_needs_token_types(make_config, workdir):

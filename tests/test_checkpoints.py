@@ -104,7 +104,7 @@ def _unwritable(tmp_path):
 # (name, config overrides, workdir maker or None, text the one-line error must contain)
 BAD_CONFIGS = [
     ("mesh_product", {"mesh.data": 3}, None, "needs 3 devices but 8 are present"),
-    ("two_free_axes", {"mesh.data": -1, "mesh.fsdp": -1}, None, "at most one mesh axis"),
+    ("two_free_axes", {"mesh.fsdp": -1, "mesh.tensor": -1}, None, "at most one mesh axis"),
     ("zero_axis", {"mesh.tensor": 0}, None, "size below 1"),
     ("batch_split", {"batch_size": 12}, None, "not divisible by the 8 data-parallel devices"),
     ("heads_tensor", {"mesh.data": 1, "mesh.tensor": 8}, None, "not divisible by mesh.tensor"),

@@ -21,7 +21,7 @@ def one_line_error(match, fn, *args):
 @pytest.mark.parametrize("overrides, match", [
     ({"batch_size": 12}, r"batch_size=12 is not divisible by the 8 data-parallel devices"),
     ({"mesh.data": 2, "mesh.fsdp": 2}, r"needs 4 devices but 8 are present"),
-    ({"mesh.data": -1, "mesh.fsdp": -1}, r"at most one mesh axis may be -1"),
+    ({"mesh.fsdp": -1, "mesh.tensor": -1}, r"at most one mesh axis may be -1"),
     ({"optim.grad_accum_steps": 3}, r"grad_accum_steps=3"),
     ({"dtype": "float8"}, r"dtype='float8'"),
 ])
@@ -53,6 +53,13 @@ def test_a_vision_task_ignores_transformer_settings(make_config):
 def test_a_good_config_resolves_the_free_mesh_axis(make_config):
   assert check_config(make_config(**{"mesh.data": -1, "mesh.tensor": 2}), 8) == {
       "data": 4, "fsdp": 1, "tensor": 2}
+
+
+@pytest.mark.parametrize("axis", ["fsdp", "tensor"])
+def test_an_axis_set_to_minus_one_takes_the_devices_from_the_default_data_axis(make_config, axis):
+  """The README's FSDP command sets only mesh.fsdp=-1; mesh.data keeps its default -1."""
+  assert check_config(make_config(**{f"mesh.{axis}": -1}), 8) == {
+      "data": 1, "fsdp": 1, "tensor": 1} | {axis: 8}
 
 
 @pytest.mark.parametrize("overrides, match", [

@@ -63,6 +63,13 @@ def test_confusion_and_per_class_scores_match_sklearn():
   np.testing.assert_allclose(precision, sk[0], atol=1e-9)
   np.testing.assert_allclose(recall, sk[1], atol=1e-9)
   np.testing.assert_allclose(f1, sk[2], atol=1e-9)
+  # The summary reports the same per-class values under the class names, and their means.
+  summary = metrics.classification_summary(
+      {"confusion": confusion, "loss": 0.0, "count": 1.0, "auc_positives": np.ones((C, 2)),
+       "auc_negatives": np.ones((C, 2))}, class_names=list("abcde"))
+  for name, values in zip(("precision", "recall", "f1"), sk[:3]):
+    assert [summary[f"{name}/{c}"] for c in "abcde"] == pytest.approx(values, abs=1e-9)
+    assert summary[name] == pytest.approx(np.mean(values), abs=1e-9)
 
 
 def test_binary_auc_and_roc_curve_exact_when_scores_fall_on_bin_centres():

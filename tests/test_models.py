@@ -117,13 +117,19 @@ def loss_and_grads(cfg, params, x_BxL):
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_changes_memory_not_math(remat):
   cfg = LLAMA  # remat wraps every block the same way; one style covers it
+  remat_cfg = dataclasses.replace(cfg, remat=remat)
   params, x = init(cfg), tokens(4)
   loss, grads = loss_and_grads(cfg, params, x)
-  loss_r, grads_r = loss_and_grads(dataclasses.replace(cfg, remat=remat), params, x)
+  loss_r, grads_r = loss_and_grads(remat_cfg, params, x)
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                grads_r, grads)
-  assert float(optax.tree.norm(grads)) > 0
+  # Without remat the backward pass keeps every layer's intermediate activations; "dots" keeps
+  # only the matmul outputs and "full" only each layer's input, recomputing the rest. The
+  # compiler's plan shows it: at this size 177 kB, dots 115 kB (0.65), full 88 kB (0.50).
+  temporaries = {c.remat: loss_and_grads.lower(c, params, x).compile().memory_analysis()
+                 .temp_size_in_bytes for c in (cfg, remat_cfg)}
+  assert temporaries[remat] < 0.8 * temporaries["none"], temporaries
 
 
 def test_scanned_and_unrolled_layers_compute_the_same_function(style):

@@ -1,5 +1,6 @@
 """W&B sweep files -> config overrides, and the local runner (scripts/sweep.py) end to end."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -150,3 +151,21 @@ parameters:
     assert (log == logs[n]) == (n != names[1])  # only the interrupted run ran again
   assert "resuming from step 2" in (cut / "train.log").read_text()
   assert len(second.stdout.split("eval/loss  optim.lr")[1].splitlines()[1:5]) == 4
+
+
+def test_command_line_overrides_win_over_the_sweep_file(tmp_path, corpus_path, monkeypatch):
+  """As the runner's docstring says: --config.steps=2 shortens a sweep whose file sets steps."""
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  sweep_file = write(tmp_path / "one.yaml", """
+method: grid
+metric: {name: eval/loss, goal: minimize}
+parameters:
+  optim.lr: {values: [1.0e-3]}
+  steps: {value: 50}
+""")
+  result = run_sweep(sweep_file, tmp_path / "sweep", corpus_path, "--config.steps=2")
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "--config.steps on the command line replaces the sweep's steps" in result.stdout
+  rows = [json.loads(line) for line in (tmp_path / "sweep" / "optim.lr=0.001" /
+                                        "metrics.jsonl").read_text().splitlines()]
+  assert max(r["step"] for r in rows) == 2 and "eval/loss" in rows[-1]

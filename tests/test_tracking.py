@@ -70,6 +70,17 @@ def test_offline_wandb_run_writes_its_files_and_a_resumed_run_keeps_its_id(make_
       sorted(segments)[0], "files", "media", "html", "sample_*.html"))[0], "rb").read()
 
 
+def test_wandb_dir_from_the_environment_wins_over_the_workdir(make_config, tmp_path,
+                                                              monkeypatch):
+  monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_files"))
+  workdir = str(tmp_path / "run")
+  tracker = tracking.Tracker(make_config(**{"tracking.wandb": "offline"}), workdir)
+  tracker.write(1, {"train/loss": 2.5})
+  tracker.close()
+  assert wandb_logs(str(tmp_path / "wandb_files")) and not wandb_logs(workdir)
+  assert os.path.exists(os.path.join(workdir, "wandb_run_id"))  # the id stays with the run
+
+
 def test_images_go_to_tensorboard_and_wandb_from_arrays_and_files(make_config, tmp_path):
   config = make_config(**{"tracking.wandb": "offline", "tracking.tensorboard": True})
   workdir = str(tmp_path / "run")

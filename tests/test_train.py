@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bigjax import train
+from bigjax import optim, train
 from bigjax.config_checks import ConfigError
 
 
@@ -61,13 +61,21 @@ def test_resume_continues_as_if_never_stopped(resumed_run):
                             if s > 20}
 
 
-def test_metrics_jsonl_records_losses_and_throughput(resumed_run):
+def test_metrics_jsonl_records_losses_and_throughput(resumed_run, make_config):
   rows = resumed_run["straight"]
   assert all(isinstance(r["step"], int) for r in rows)
   train_rows = [r for r in rows if "train/loss" in r]
+  config = make_config(steps=40)
+  schedule = optim.schedule(config.optim, config.steps)
+  tokens_per_step = config.batch_size * config.seq_len
   for r in train_rows:
-    assert r["perf/tokens_per_sec"] > 0 and 0 < r["perf/mfu"] < 1
-    assert math.isfinite(r["train/grad_norm"]) and r["train/lr"] >= 0
+    # Throughput is what was done over how long it took; MFU is the same time against the FLOPs.
+    assert r["perf/tokens_per_sec"] == pytest.approx(tokens_per_step / r["perf/step_seconds"])
+    assert r["perf/mfu"] / r["perf/tokens_per_sec"] == pytest.approx(
+        train_rows[0]["perf/mfu"] / train_rows[0]["perf/tokens_per_sec"])
+    # Step s was taken at the learning rate the schedule gives its 0-based index, s - 1.
+    assert r["train/lr"] == pytest.approx(float(schedule(r["step"] - 1)), rel=1e-6)
+    assert math.isfinite(r["train/grad_norm"])
   eval_rows = [r for r in rows if "eval/loss" in r]
   assert [r["step"] for r in eval_rows] == [20, 40]
   assert math.isclose(eval_rows[-1]["eval/perplexity"], math.exp(eval_rows[-1]["eval/loss"]),

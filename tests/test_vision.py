@@ -1,5 +1,6 @@
 """Vision and tabular families through the one loop: 1 vs 8 devices, learning, eval coverage."""
 
+import json
 import os
 
 import jax
@@ -56,8 +57,10 @@ def test_one_and_eight_devices_agree(family, tmp_path):
 def test_mlp_learns_digits_and_saves_plots(tmp_path):
   config = tiny(digits_mlp, steps=150, batch_size=32, **{"model.hidden": (64,), "optim.lr": 3e-3})
   final = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+  # Ten balanced classes: chance is 0.10. This MLP measures 0.92 after its 150 steps (the full
+  # digits_mlp recipe reaches 0.98); 0.85 leaves room for another platform's rounding.
   assert final["eval/accuracy"] > 0.85
-  assert final["perf/examples_per_sec"] > 0
+  assert final["perf/examples_per_sec"] == pytest.approx(32 / final["perf/step_seconds"])
   images = os.listdir(tmp_path / "images")
   assert {"eval_confusion_matrix_step150.png", "eval_roc_step150.png"} <= set(images)
 
@@ -68,11 +71,15 @@ def test_early_stop_keeps_the_best_and_stays_stopped(tmp_path):
       "model.hidden": (8,), "optim.lr": 0.0, "early_stop.metric": "eval/loss",
       "early_stop.mode": "min", "early_stop.patience": 2})
   final = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
-  assert final["best/step"] == 5 and final["train/loss"] > 0
+  assert final["best/step"] == 5
   assert os.listdir(tmp_path / "best") == ["5"]
   assert "15" in os.listdir(tmp_path / "checkpoints")
   logged = [line for line in open(tmp_path / "metrics.jsonl") if '"train/loss"' in line]
   assert len(logged) == 15  # log_every=1: steps 1..15, none after the stop
+  # At lr 0 the parameters never move: every eval gives the first one's loss, hence the stop.
+  evals = [json.loads(line)["eval/loss"] for line in open(tmp_path / "metrics.jsonl")
+           if '"eval/loss"' in line]
+  assert evals == [evals[0]] * 3
   # Run again: it resumes at step 15, already out of patience, and trains no further.
   again = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   assert again["best/step"] == 5

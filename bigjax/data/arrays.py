@@ -4,7 +4,7 @@ Sources (`data.source` / `data.name`):
   sklearn / digits    8x8 grey digits, 1797 of them, shipped with scikit-learn (no download);
   sklearn / diabetes  10 standardized features and a disease-progression target, 442 patients;
   tfds / mnist, fashion_mnist   28x28 grey images, read with `tfds.data_source` (array_record,
-                      no TensorFlow), downloaded once into `data.tfds_dir`.
+                      no TensorFlow) once prepared in `data.tfds_dir` (bigjax/data/tfds_source.py).
 scikit-learn's sets have no test split: a stratified (digits) or plain (diabetes) split, fixed by
 a constant seed, holds out `data.val_fraction` of the examples, the same on every machine.
 
@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from bigjax.config_checks import ConfigError
+from bigjax.data import tfds_source
 
 # source -> dataset name -> number of classes (0 for a regression target).
 DATASETS = {
@@ -89,10 +90,7 @@ def examples(data: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
   """All examples of `split` ("train" or "test"), every process's share included."""
   if data.source == "sklearn":
     return grain.MapDataset.source(_sklearn(data.name, split, data.val_fraction))
-  import tensorflow_datasets as tfds  # imported here: the scikit-learn sets need no tfds
-
-  source = tfds.data_source(data.name, split=split, data_dir=data.tfds_dir or None,
-                            download=True)
+  source = tfds_source.data_source(data.name, split, data.tfds_dir)
   return grain.MapDataset.source(source).map(_tfds_image)
 
 

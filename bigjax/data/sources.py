@@ -14,6 +14,7 @@ from typing import Sequence
 import ml_collections
 
 from bigjax.config_checks import ConfigError
+from bigjax.data import tfds_source
 
 TFDS_TEXT_DATASETS = {"tiny_shakespeare": "text", "lm1b": "text"}  # name -> text feature
 
@@ -62,12 +63,9 @@ def _text_documents(split: str, data: ml_collections.ConfigDict, share) -> list[
 
 def _tfds_documents(split: str, data: ml_collections.ConfigDict, share,
                     process_count: int) -> list[str]:
-  import tensorflow_datasets as tfds  # imported here: the default corpus needs no tfds
-
   feature = TFDS_TEXT_DATASETS[data.name]
   tfds_split = "test" if split == "validation" and data.name == "lm1b" else split
-  source = tfds.data_source(data.name, split=tfds_split, data_dir=data.tfds_dir or None,
-                            download=True)
+  source = tfds_source.data_source(data.name, tfds_split, data.tfds_dir)
 
   def decode(record) -> str:
     text = record[feature]  # bytes as stored; tfds.testing.mock_data hands out str
@@ -103,5 +101,6 @@ def check_source(data: ml_collections.ConfigDict) -> None:
     if data.name not in TFDS_TEXT_DATASETS:
       raise ConfigError(f"data.name={data.name!r} is not a known text dataset; use one of "
                         f"{', '.join(sorted(TFDS_TEXT_DATASETS))}")
+    tfds_source.data_source(data.name, "train", data.tfds_dir)  # prepared, or a one-line error
   elif data.source != "stdlib":
     raise ConfigError(f"data.source={data.source!r} is unknown; use stdlib, text or tfds")

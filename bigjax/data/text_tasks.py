@@ -20,7 +20,7 @@ import numpy as np
 
 from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
-from bigjax.data import sources
+from bigjax.data import sources, tfds_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,14 +199,11 @@ def stdlib_family_snippets(split: str, tokenizer, seq_len: int, val_fraction: fl
 def tfds_classify_snippets(name: str, split: str, tokenizer, seq_len: int, tfds_dir: str,
                            process_index: int = 0, process_count: int = 1):
   """Per class, the tokenized (truncated) texts of a tfds text-classification set."""
-  import tensorflow_datasets as tfds  # imported here: the offline default needs no tfds
-
   if name not in TFDS_CLASSIFY_DATASETS:
     raise ConfigError(f"data.name={name!r} is not a known text-classification dataset; use "
                       f"one of {', '.join(TFDS_CLASSIFY_DATASETS)}")
   text_key, label_key, class_names = TFDS_CLASSIFY_DATASETS[name]
-  source = tfds.data_source(name, split="test" if split == "validation" else split,
-                            data_dir=tfds_dir or None, download=True)
+  source = tfds_source.data_source(name, "test" if split == "validation" else split, tfds_dir)
   per_class = [[] for _ in class_names]
   for i in sources.process_share(range(len(source)), process_index, process_count):
     record = source[i]
@@ -295,14 +292,11 @@ def tfds_translation_pairs(name: str, split: str, tfds_dir: str):
   Nothing is read ahead: WMT's train split holds millions of pairs, and grain asks for a record only
   when its batch is built.
   """
-  import tensorflow_datasets as tfds  # imported here: the offline default needs no tfds
-  import tensorflow_datasets.translate  # noqa: F401  (registers the WMT builders; tfds defers it)
-
   if name not in TFDS_TRANSLATION_DATASETS:
     raise ConfigError(f"data.name={name!r} is not a known translation dataset; use one of "
                       f"{', '.join(TFDS_TRANSLATION_DATASETS)}")
   source_lang, target_lang = TFDS_TRANSLATION_DATASETS[name]
-  records = tfds.data_source(name, split=split, data_dir=tfds_dir or None, download=True)
+  records = tfds_source.data_source(name, split, tfds_dir)
   text = lambda value: value.decode("utf-8") if isinstance(value, bytes) else value  # mock: str
 
   def pair(i: int) -> tuple[str, str]:

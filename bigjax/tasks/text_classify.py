@@ -6,7 +6,8 @@
 Data (`config.data`): source="stdlib" tells four standard-library packages apart from a snippet
 of their source (offline, deterministic; validation snippets come from held-out files);
 source="tfds" with name="imdb_reviews" is movie-review sentiment. Eval reports loss, accuracy,
-macro precision/recall/F1, ROC-AUC and the confusion matrix, from bigjax.metrics.
+macro and per-class precision/recall/F1 (eval/f1/asyncio), ROC-AUC, and the confusion matrix and
+ROC curves as images, from bigjax.metrics.
 """
 
 import jax
@@ -72,7 +73,7 @@ class TextClassificationTask(TransformerTask):
                                        jnp.ones(batch["labels"].shape, jnp.float32))
 
   def eval_summary(self, sums) -> Report:
-    return classification_report(sums)
+    return classification_report(sums, self.class_names)
 
   def train_data(self, local_batch: int, seed: int):
     return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
