@@ -183,11 +183,12 @@ class StepMetrics:
             "perf/mfu": throughput.mfu(self.run.flops_per_step, step_seconds, devices, self.peak)}
 
 
-def restore_or_init(run: build.Run, programs: build.Programs, ckpt, train_iter):
-  """(start step, state): the newest readable checkpoint (the data position with it), or step 0."""
+def restore(run: build.Run, ckpt, train_iter):
+  """(start step, state): the newest readable checkpoint, the data position moved with it, or
+  (0, None) for a fresh start. Read straight into the run's layout, before anything compiles."""
   restored = ckpt.restore(run.abstract)
   if restored is None:
-    return 0, run.fresh_state(programs)
+    return 0, None
   step, state, data_state = restored
   train_iter.set_state(data_state)
   return step, state
@@ -236,11 +237,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
 def _train(run: build.Run, workdir: str, stop: StopRequest) -> dict:
   config, primary = run.config, jax.process_index() == 0
-  programs = run.compile()
   ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints)
   batches = Prefetcher(iter(run.task.train_data(run.local_batch_size, config.seed)),
                        run.global_batch)
-  start_step, state = restore_or_init(run, programs, ckpt, batches)
+  start_step, state = restore(run, ckpt, batches)
   best = BestCheckpoint(config, workdir, start_step)
   if start_step >= config.steps or best.exhausted:
     for closable in (batches, ckpt, best):
@@ -251,6 +251,8 @@ def _train(run: build.Run, workdir: str, stop: StopRequest) -> dict:
     if primary:
       print(f"{workdir} finished at step {start_step}: {_format(final)}", flush=True)
     return final
+  programs = run.compile(init=state is None)  # a resumed run needs no initialiser
+  state = run.fresh_state(programs) if state is None else state
   tracker = tracking.Tracker(config, workdir, active=primary, params=run.abstract.params)
   progress = _progress_bar(config, start_step, primary)
   metrics = StepMetrics(run, tracker, ckpt, progress)
