@@ -81,8 +81,22 @@ PLANS = [
     Plan(r".*(\.\.\.|TPU_NAME)", skip="a pattern, not a command line; tests/test_launch.py "
                                       "runs the launchers (DRY_RUN output, two real processes)"),
     Plan(r"python -m bigjax\.launch$", skip="names the module; tests/test_launch.py runs it"),
+    Plan(r"python -m bigjax\.(hf|export)$", skip="names the module; its commands are run below"),
+    Plan(r"(python )?scripts/\S+\.py --workdir=W$|python (-m bigjax\.export|scripts/run_exported"
+         r"\.py) .*\b(W|DIR)\b", skip="a pattern, not a command line; tests/test_export.py and "
+                                       "tests/test_serve.py run these commands"),
+    Plan(r"python scripts/bench_hf\.py", skip="times GPT-2 small's full size (minutes); "
+                                               "tests/test_hf_*.py check the same parity"),
+    Plan(r"curl ", skip="sent by check_serve to the server the README starts before them"),
     # Checked without running.
     Plan(r"python scripts/aot_compile\.py", check="check_aot_command"),
+    # Hugging Face round trip, on a tiny random GPT-2 made in the scratch directory's models/.
+    Plan(r"python -m bigjax\.hf import", files=("runs/gpt2_hf/checkpoints/0",)),
+    Plan(r"python -m bigjax\.train --config=configs/finetune\.py",
+         args=(*SHORT, "--config.data.path={corpus}")),
+    Plan(r"python -m bigjax\.hf export", files=("models/gpt2_tuned/config.json",
+                                                   "models/gpt2_tuned/tokenizer.json")),
+    Plan(r"python -c \"import transformers", output=r"ROMEO:"),
     # Training (and sweeps): shortened.
     Plan(r"python -m bigjax\.train --config=configs/mnist_mlp\.py", args=(
         "--config.data.tfds_dir=",), **tfds_error("mnist")),
@@ -115,6 +129,10 @@ PLANS = [
     Plan(r"python scripts/bench_pytorch\.py", args=tuple(BENCH), after_training=True,
          output=r"tokens_per_sec"),
     Plan(r"tensorboard --logdir=runs$", check="check_tensorboard", after_training=True),
+    Plan(r"python -m bigjax\.serve", check="check_serve", after_training=True),
+    Plan(r"python scripts/bench_serve\.py", args=("--requests=2", "--clients=2",
+                                                   "--max_tokens=4", "--rounds=1"),
+         after_training=True, output=r"tokens_per_sec"),
 ]
 
 
@@ -154,7 +172,8 @@ def plan_for(command: str) -> Plan | None:
 
 def runnable_form(command: str) -> str:
   """`[...]` optional parts included, except those that are placeholders themselves."""
-  return re.sub(r"\[([^\]]*)\]", lambda m: "" if "..." in m.group(1) else m.group(1), command)
+  return re.sub(r"(?<=\s)\[([^\]]*)\]", lambda m: "" if "..." in m.group(1) else m.group(1),
+                command)  # after a space: `x[0]` in Python code is no optional part
 
 
 COMMANDS = readme_commands(open(README, encoding="utf-8").read())
@@ -180,7 +199,17 @@ def scratch(tmp_path_factory, corpus_path):
              # One CPU device, as a new user has (conftest emulates 8 for the other tests);
              # XLA's quickest compile level, which changes speed only.
              XLA_FLAGS="--xla_backend_optimization_level=0")
+  save_tiny_gpt2(str(home / "models" / "gpt2"))
   return dict(cwd=str(home), env=env, fill={"corpus": corpus_path, "cache": str(home / "cache")})
+
+
+def save_tiny_gpt2(directory: str) -> None:
+  """A random 2-layer GPT-2 with a byte-level BPE tokenizer: what `hf download` would bring."""
+  from tests import hf_models
+
+  tokenizer_dir = directory + "_tokenizer"
+  hf_models.save_bpe_tokenizer(tokenizer_dir)
+  hf_models.save(hf_models.gpt2(), directory, tokenizer_dir)
 
 
 def test_every_readme_command_has_a_plan():
@@ -265,6 +294,35 @@ def check_tensorboard(command, scratch):
         assert server.poll() is None, server.stdout.read().decode()[-3000:]
       time.sleep(1)
     assert "train/loss" in tags, tags
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def check_serve(command, scratch):
+  """The server the README starts answers the README's curl commands, key and all."""
+  import portpicker
+
+  port, key = portpicker.pick_unused_port(), "readme-key"
+  env = dict(scratch["env"], KEY=key)
+  command = command.replace("--port=8000", f"--port={port}")
+  server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=scratch["cwd"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + 300
+    while True:
+      assert server.poll() is None, server.stdout.read().decode()[-3000:]
+      assert time.time() < deadline, "the server never became ready"
+      try:
+        if urllib.request.urlopen(f"http://localhost:{port}/ready", timeout=5).status == 200:
+          break
+      except OSError:
+        time.sleep(1)
+    for curl in (c for c in COMMANDS if c.startswith("curl ")):
+      result = subprocess.run(["bash", "-c", curl.replace("localhost:8000", f"localhost:{port}")],
+                              env=env, capture_output=True, text=True, timeout=120)
+      assert result.returncode == 0 and result.stdout, f"{curl}\n{result.stderr}"
+      assert '"error"' not in result.stdout, f"{curl}\n{result.stdout[:2000]}"
   finally:
     server.terminate()
     server.wait(timeout=30)
