@@ -35,6 +35,9 @@ def use_compilation_cache(directory: str) -> None:
   compiling (the README's throughput section has the time to first step, cold and warm)."""
   if directory:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    # JAX skips programs that compile in under a second by default: the initialiser and the
+    # eval step of a small model are among them, and a warm start would compile them again.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """bigjax against Hugging Face transformers' GPT-2 in PyTorch (eager), same shape, one process.
 
     pip install -r requirements-bench.txt
-    python scripts/bench_pytorch.py --config=configs/gpt_tiny.py --config.seq_len=256
+    python scripts/bench_pytorch.py --config=configs/gpt_tiny.py --config.seq_len=256 [--bf16]
 
 Builds GPT2LMHeadModel with the config's shape (layers, heads, width, MLP width, sequence length,
 vocabulary, tied embeddings, no dropout, float32) and trains both on the same batch with AdamW at
@@ -9,7 +9,11 @@ the config's betas, weight decay (on matrices only, in both) and gradient clippi
 of `--steps` steps alternate between the two, so a busy host slows both alike; each reports its
 fastest window and the median. Prints one JSON line per framework, then the speed ratio.
 Time to the first step counts from building the model to the first finished step, imports
-excluded, in both.
+excluded, in both; only the first one built in the process (bigjax float32) is a cold start.
+
+`--bf16` adds both in bfloat16 to the same alternation: bigjax with `dtype=bfloat16` (the
+precision policy of bigjax/models/precision.py) and PyTorch under CPU autocast to bfloat16 (its
+mixed-precision recipe: float32 weights, bf16 matmuls), and prints every ratio of the four.
 """
 
 import json
@@ -24,11 +28,15 @@ from absl import app, flags  # noqa: E402
 
 import bench  # noqa: E402  (its flags: --config, --steps, --rounds, --warmup)
 
+flags.DEFINE_bool("bf16", False, "also time both in bfloat16: bigjax with dtype=bfloat16, "
+                  "PyTorch under CPU autocast")
+
 
 class HuggingFaceGpt2Bench:
-  """GPT2LMHeadModel and torch.optim.AdamW, eager, trained on bigjax's batch."""
+  """GPT2LMHeadModel and torch.optim.AdamW, eager, trained on bigjax's batch; with `bf16`, the
+  forward pass and loss under `torch.autocast("cpu", torch.bfloat16)`."""
 
-  def __init__(self, model_cfg, optim, seed, batch):
+  def __init__(self, model_cfg, optim, seed, batch, bf16: bool = False):
     import torch
     import transformers
 
@@ -46,12 +54,14 @@ class HuggingFaceGpt2Bench:
         [{"params": matrices, "weight_decay": optim.weight_decay},
          {"params": others, "weight_decay": 0.0}], lr=optim.lr, betas=(optim.b1, optim.b2))
     self.clip_norm = optim.clip_norm
+    self.bf16 = bf16
     self.inputs = torch.tensor(batch["inputs"], dtype=torch.long)
     self.targets = torch.tensor(batch["targets"], dtype=torch.long)
     self.seconds_per_step(1)
     self.info = {
         "framework": f"transformers {transformers.__version__} GPT2LMHeadModel, torch "
                      f"{torch.__version__} eager, attention {self.model.config._attn_implementation}",
+        "dtype": "bfloat16 autocast" if bf16 else "float32",
         "params": sum(p.numel() for p in self.model.parameters()),
         "threads": torch.get_num_threads(),
         "first_step_seconds": round(time.perf_counter() - start, 2),
@@ -61,8 +71,10 @@ class HuggingFaceGpt2Bench:
     import torch
     start = time.perf_counter()
     for _ in range(n):
-      logits = self.model(input_ids=self.inputs).logits
-      loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.targets.flatten())
+      with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+        logits = self.model(input_ids=self.inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(),
+                                                 self.targets.flatten())
       loss.backward()
       if self.clip_norm:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
@@ -83,26 +95,37 @@ def main(argv):
       "learned", "layernorm", "gelu", cfg.num_heads, 0.0):
     raise SystemExit("error: GPT-2 has learned positions, LayerNorm, a GELU MLP, one key/value "
                      "head per query head and (here) no dropout; use a GPT-2-style config")
-  batch = next(ours.batches)  # --data=fixed: the one batch every step repeats
-  theirs = HuggingFaceGpt2Bench(cfg, f.config.optim, f.config.seed,
-                                jax.tree.map(np.asarray, batch))
+  batch = jax.tree.map(np.asarray, next(ours.batches))  # --data=fixed: every step repeats it
+  benches = {"bigjax": ours,
+             "pytorch": HuggingFaceGpt2Bench(cfg, f.config.optim, f.config.seed, batch)}
+  if f.bf16:
+    config = f.config.copy_and_resolve_references()
+    config.dtype = "bfloat16"
+    benches["bigjax bf16"] = bench.TrainStepBench(config)
+    benches["pytorch bf16"] = HuggingFaceGpt2Bench(cfg, f.config.optim, f.config.seed, batch,
+                                                   bf16=True)
   if f.warmup:
-    ours.seconds_per_step(f.warmup)
-    theirs.seconds_per_step(f.warmup)
-  times = {"bigjax": [], "pytorch": []}
+    for b in benches.values():
+      b.seconds_per_step(f.warmup)
+  times = {name: [] for name in benches}
   for _ in range(f.rounds):
-    times["bigjax"].append(ours.seconds_per_step(f.steps))
-    times["pytorch"].append(theirs.seconds_per_step(f.steps))
+    for name, b in benches.items():
+      times[name].append(b.seconds_per_step(f.steps))
 
   tokens = ours.info["tokens_per_step"]
-  best = {name: min(t) for name, t in times.items()}
-  print(json.dumps({"framework": f"bigjax (jax {jax.__version__})", **ours.report(best["bigjax"]),
-                    "median_step_seconds": round(statistics.median(times["bigjax"]), 5)}))
-  print(json.dumps({**theirs.info, "step_seconds": round(best["pytorch"], 5),
-                    "tokens_per_sec": round(tokens / best["pytorch"], 1),
-                    "median_step_seconds": round(statistics.median(times["pytorch"]), 5)}))
-  print(f"bigjax / pytorch tokens/s: best {best['pytorch'] / best['bigjax']:.2f}x, median "
-        f"{statistics.median(times['pytorch']) / statistics.median(times['bigjax']):.2f}x")
+  for name, b in benches.items():
+    best, median = min(times[name]), statistics.median(times[name])
+    if name.startswith("bigjax"):
+      line = {"framework": f"bigjax (jax {jax.__version__})", **b.report(best)}
+    else:
+      line = {**b.info, "step_seconds": round(best, 5), "tokens_per_sec": round(tokens / best, 1)}
+    print(json.dumps({**line, "median_step_seconds": round(median, 5)}))
+  pairs = [("bigjax", "pytorch"), ("bigjax bf16", "pytorch bf16"), ("bigjax bf16", "bigjax"),
+           ("pytorch bf16", "pytorch")]
+  for a, b in pairs:
+    if a in times and b in times:
+      print(f"{a} / {b} tokens/s: best {min(times[b]) / min(times[a]):.2f}x, median "
+            f"{statistics.median(times[b]) / statistics.median(times[a]):.2f}x")
 
 
 if __name__ == "__main__":

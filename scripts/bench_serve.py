@@ -56,7 +56,8 @@ def percentile(values, q) -> float:
 
 
 def start_server(workdir: str, port: int, slots: int, max_waiting: int) -> subprocess.Popen:
-  command = [sys.executable, "-m", "bigjax.serve", f"--workdir={workdir}", f"--port={port}",
+  command = [sys.executable, "-m", "bigjax.serve", f"--workdir={os.path.abspath(workdir)}",
+             f"--port={port}",
              f"--slots={slots}", f"--max_waiting={max_waiting}", "--model_name=bench"]
   env = {k: v for k, v in os.environ.items() if k != "BIGJAX_API_KEY"}
   server = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,

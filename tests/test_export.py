@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -72,9 +71,10 @@ def test_a_fresh_jax_only_process_reproduces_logits_and_greedy_tokens(exported, 
   # bigjax's own forward pass (blockwise attention on CPU, summed in another order): 1e-5.
   ours = jax.jit(run.model.apply)({"params": run.params}, tokens_BxL)[0]
   np.testing.assert_allclose(out["b5"], ours, atol=1e-5, rtol=0)
-  expected = generate.generate(run.model, run.params, jnp.asarray(tokens_BxL[:1, :5]),
-                               jax.random.key(0), max_new_tokens=8, temperature=0.0)
-  np.testing.assert_array_equal(out["greedy"], expected)
+  prompt_P = tokens_BxL[0, :5]
+  new_N, = generate.generate(run.model, run.params, [prompt_P], max_new_tokens=8,
+                             temperature=0.0)
+  np.testing.assert_array_equal(out["greedy"], np.concatenate([prompt_P, new_N])[None])
 
 
 def test_manifest_describes_the_calling_convention(exported):

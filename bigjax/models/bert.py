@@ -104,7 +104,7 @@ class MaskedLMHead(nn.Module):
     bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                              ("vocab",)),
                         (cfg.vocab_size,), jnp.float32)
-    return self.embed.attend(h_BxLxD) + bias_V.astype(cfg.dtype)
+    return layers.logits(cfg, self.embed, h_BxLxD) + bias_V
 
 
 class ClsHead(nn.Module):

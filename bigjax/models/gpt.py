@@ -69,9 +69,10 @@ class Decoder(nn.Module):
 
     x_BxLxD = layers.norm(cfg, "final_norm")(x_BxLxD)
     if cfg.tie_embeddings:
-      logits_BxLxV = embed.attend(x_BxLxD)
+      logits_BxLxV = layers.logits(cfg, embed, x_BxLxD)
     else:
-      logits_BxLxV = layers.dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed")(x_BxLxD)
+      logits_BxLxV = layers.dense(cfg, cfg.vocab_size, ("embed", "vocab"), "unembed",
+                                  out_dtype=jnp.float32)(x_BxLxD)
     return logits_BxLxV, cache
 
 

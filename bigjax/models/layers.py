@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bigjax.config_checks import ConfigError
-from bigjax.models import blockwise_attention
+from bigjax.models import blockwise_attention, precision
 
 POSITIONS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -171,6 +171,7 @@ class Dense(nn.Module):
   axes: tuple[str | None, ...]  # logical names of the kernel: contracted dims, then features
   cfg: TransformerConfig
   std: float = 0.02
+  out_dtype: Any = None  # None: the compute dtype; float32 for logits
 
   @nn.compact
   def __call__(self, x):
@@ -178,18 +179,25 @@ class Dense(nn.Module):
     kernel = self.param("kernel", normal_init(self.std, self.axes),
                         x.shape[-n_in:] + self.features, jnp.float32)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype),
-                            (contract, ((), ())))
+    kernel = jnp.asarray(kernel, self.cfg.dtype)
+    y = precision.dot_general(jnp.asarray(x, self.cfg.dtype), kernel, (contract, ((), ())))
     if self.cfg.use_bias:
-      bias = self.param("bias", _zeros(self.axes[n_in:]), self.features, jnp.float32)
-      y = y + bias.astype(self.cfg.dtype)
-    return y
+      y = y + self.param("bias", _zeros(self.axes[n_in:]), self.features, jnp.float32)
+    return y.astype(self.out_dtype or self.cfg.dtype)
 
 
-def dense(cfg: TransformerConfig, features, axes, name: str, std: float = 0.02) -> Dense:
+def logits(cfg: TransformerConfig, embed: nn.Embed, x_BxLxD) -> jax.Array:
+  """The tied output projection x @ E^T in the compute dtype, as float32 logits (the loss's)."""
+  table_VxD = jnp.asarray(embed.embedding, cfg.dtype)
+  return precision.dot_general(jnp.asarray(x_BxLxD, cfg.dtype), table_VxD.T,
+                               (((x_BxLxD.ndim - 1,), (0,)), ((), ())))
+
+
+def dense(cfg: TransformerConfig, features, axes, name: str, std: float = 0.02,
+          out_dtype=None) -> Dense:
   """A Dense with GPT-2 init (normal 0.02) and named kernel axes (inputs..., outputs...)."""
   features = features if isinstance(features, tuple) else (features,)
-  return Dense(features, axes, cfg, std, name=name)
+  return Dense(features, axes, cfg, std, out_dtype, name=name)
 
 
 def norm(cfg: TransformerConfig, name: str) -> nn.Module:

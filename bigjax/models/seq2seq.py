@@ -68,7 +68,7 @@ class Decoder(nn.Module):
     else:
       for i in range(cfg.num_layers):
         x_BxLxD, _ = block(cfg, deterministic=not train, name=f"layer_{i}")(x_BxLxD, None, *args)
-    return self.embed.attend(layers.norm(cfg, "final_norm")(x_BxLxD))
+    return layers.logits(cfg, self.embed, layers.norm(cfg, "final_norm")(x_BxLxD))
 
 
 class EncoderDecoder(nn.Module):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bigjax.models import bert, layers
+from bigjax.models import bert, layers, precision
 from bigjax.models.layers import TransformerConfig
 
 
@@ -59,6 +59,7 @@ def _hidden_axis(i: int) -> str:
 def _dense(cfg: VisionConfig, features: int, axes: tuple, name: str) -> nn.Dense:
   # He init keeps ReLU activations at unit scale through depth.
   return nn.Dense(features, dtype=cfg.dtype, param_dtype=jnp.float32, name=name,
+                  dot_general=precision.dot_general,
                   kernel_init=nn.with_logical_partitioning(nn.initializers.he_normal(), axes),
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[-1:]))
 
