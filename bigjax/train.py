@@ -10,7 +10,6 @@ step, log, evaluate, save, wrap up.
 
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bigjax import build, checkpoint, cli, config_checks, multihost, sweeps, throughput, tracking
-from bigjax.config_checks import ConfigError
+from bigjax import workdir as workdir_lib
 from bigjax.data.prefetch import Prefetcher
 from bigjax.step import SAMPLE_STREAM
 from bigjax.tasks.base import Report
@@ -33,22 +32,32 @@ class NonFiniteLoss(RuntimeError):
   pass
 
 
+class Interrupted(KeyboardInterrupt):
+  """A stop signal before the first step (while building, compiling, restoring)."""
+
+
 class StopRequest:
   """SIGTERM/SIGINT (preemption, Ctrl-C) set a flag; the loop saves and exits at the next step.
 
-  Handlers are installed only on the main thread (Python allows no other), so the loop also runs
-  from a notebook thread. With several processes, `agreed()` is true on all of them at the same
-  step as soon as one received a signal, so they save the same step together.
+  Before the first step there is nothing to save, so a signal ends the run at once (`Interrupted`)
+  rather than after a compile that may take minutes; what is on disk then is what a kill would
+  leave, which a rerun resumes from. Handlers are installed only on the main thread (Python allows
+  no other), so the loop also runs from a notebook thread. With several processes, `agreed()` is
+  true on all of them at the same step as soon as one received a signal, so they save together.
   """
 
   def __init__(self):
     self.signal = None
+    self.started = False  # set once the first step may run
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
     self.signal = signal.Signals(signum).name
+    if not self.started:
+      raise Interrupted(f"{self.signal} received before the first step; nothing was lost: rerun "
+                        f"the same command to start (or resume)", 128 + signum)  # as if killed
 
   def agreed(self) -> bool:
     return multihost.any_process(self.signal is not None)
@@ -86,9 +95,8 @@ class BestCheckpoint:
       return
     self.ckpt = checkpoint.Checkpointer(f"{workdir}/best", keep=1, best_metric=self.metric,
                                         best_mode=self.mode)
-    if self.ckpt.steps():
-      self.best_step = self.ckpt.steps()[-1]
-      self.best = self.ckpt.metrics(self.best_step)[self.metric]
+    if found := self.ckpt.newest_scored(self.metric):
+      self.best_step, self.best = found
       if config.eval_every:  # without evaluations during training there is nothing to count
         self.stale = max(0, start_step // config.eval_every - self.best_step // config.eval_every)
 
@@ -144,6 +152,7 @@ class StepMetrics:
     self.pending = None
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     self._check_finite(step, host)
+    self.ckpt.check()  # a failed background save stops the run now, not at the next save
     if step % self.run.config.log_every == 0 or step == self.run.config.steps:
       started, since_step = self._mark
       host |= self._throughput((time.perf_counter() - started) / max(step - since_step, 1))
@@ -169,10 +178,12 @@ class StepMetrics:
       return
     where = (f"step {self.last_saved} in {self.ckpt.directory}" if self.last_saved is not None
              else "none")
-    raise NonFiniteLoss(f"loss is {host['train/loss']} and parameter norm "
+    cause = (f"after {self.run.config.max_consecutive_skips} skipped updates in a row, "
+             if skipped else "")
+    raise NonFiniteLoss(f"{cause}loss is {host['train/loss']} and parameter norm "
                         f"{host['train/param_norm']} at step {step}; last good checkpoint: "
-                        f"{where}. Lower optim.lr, raise optim.warmup_steps, or set "
-                        f"on_nonfinite=skip")
+                        f"{where}. Lower optim.lr, raise optim.warmup_steps"
+                        f"{'' if skipped else ', or set on_nonfinite=skip'}")
 
   def _throughput(self, step_seconds: float) -> dict[str, float]:
     unit, count = self.run.units_per_step
@@ -185,73 +196,56 @@ class StepMetrics:
 
 def restore_or_init(run: build.Run, programs: build.Programs, ckpt, train_iter):
   """(start step, state): the newest readable checkpoint (the data position with it), or step 0."""
-  restored = ckpt.restore(run.abstract)
+  restored = ckpt.restore(run.abstract, train_iter)  # moves train_iter to the step's position
   if restored is None:
     return 0, run.fresh_state(programs)
-  step, state, data_state = restored
-  train_iter.set_state(data_state)
-  return step, state
+  return restored[:2]
 
 
 def due(step: int, every: int, last: int) -> bool:
   return bool(every) and step % every == 0 or step == last
 
 
-def checked_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config, locked: an unlocked one (from a notebook) is checked for unknown keys first."""
-  if not config.is_locked:
-    config_checks.check_known_keys(config)
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.lock()
-  return config
-
-
-def finished_metrics(workdir: str, step: int) -> dict:
-  """What a finished run reported, read back from its metrics.jsonl (the last value of each)."""
-  final = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for row in map(tracking.json_row, f):
-        if row and row["step"] <= step:
-          final |= {k: v for k, v in row.items() if k != "step"}
-  return final
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None,
+                       resume_with_changes: bool = False) -> dict:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
 
   `devices` restricts the run to a subset (tests compare 1 and 8 devices in one process).
+  `resume_with_changes` lets a resume change keys that configs/schema.py does not list as safe.
   """
   stop = StopRequest()  # first: Ctrl-C while compiling ends cleanly
   try:
-    config = checked_config(config)
-    config_checks.check_workdir(workdir)
-    tracking.check_wandb(config)
-    run = build.build(config, devices)
-    return _train(run, workdir, stop)
+    config = config_checks.locked(config)
+    with workdir_lib.claim(workdir, config, resume_with_changes):  # the only run in workdir
+      tracking.check_wandb(config)
+      run = build.build(config, devices)
+      return _train(run, workdir, stop)
   finally:
     stop.restore()
 
 
 def _train(run: build.Run, workdir: str, stop: StopRequest) -> dict:
   config, primary = run.config, jax.process_index() == 0
+  if primary:
+    print(f"compiling the {config.task} steps...", flush=True)
   programs = run.compile()
   ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", config.keep_checkpoints)
   batches = Prefetcher(iter(run.task.train_data(run.local_batch_size, config.seed)),
                        run.global_batch)
   start_step, state = restore_or_init(run, programs, ckpt, batches)
   best = BestCheckpoint(config, workdir, start_step)
+  stop.started = True
   if start_step >= config.steps or best.exhausted:
     for closable in (batches, ckpt, best):
       closable.close()
-    final = finished_metrics(workdir, start_step)
+    final = tracking.final_metrics(workdir, start_step)
     if best.metric:
       final |= {f"best/{best.metric}": best.best, "best/step": best.best_step}
     if primary:
       print(f"{workdir} finished at step {start_step}: {_format(final)}", flush=True)
     return final
-  tracker = tracking.Tracker(config, workdir, active=primary, params=run.abstract.params)
+  tracker = tracking.Tracker(config, workdir, active=primary, params=run.abstract.params,
+                             start_step=start_step)
   progress = _progress_bar(config, start_step, primary)
   metrics = StepMetrics(run, tracker, ckpt, progress)
   if primary:
@@ -366,24 +360,25 @@ def _print_summary(run: build.Run, programs: build.Programs, start_step: int) ->
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
+
+  from bigjax import console, sharding
   del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO
+  console.quiet()
   config, workdir = flags.FLAGS.config, sweeps.agent_workdir(flags.FLAGS.workdir)
-  try:
-    from bigjax import sharding
-    sharding.initialize_distributed(config.distributed)
-    train_and_evaluate(config, workdir)
-  except (ConfigError, NonFiniteLoss) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
-      raise
-    reason = str(e).splitlines()[0][:300]
-    print(f"error: process {jax.process_index()} lost a peer ({reason}); restart every process "
-          f"with the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
-    os._exit(3)  # skip JAX's exit barrier: it would wait for the dead peer, then abort noisily
+  with cli.one_line_errors(NonFiniteLoss, checkpoint.CheckpointError):
+    try:
+      config_checks.check_values(config)  # before joining a job with it
+      sharding.initialize_distributed(config.distributed)
+      train_and_evaluate(config, workdir, resume_with_changes=flags.FLAGS.resume_with_changes)
+    except Interrupted as e:
+      cli.fail(*e.args)
+    except jax.errors.JaxRuntimeError as e:
+      if jax.process_count() == 1:
+        raise
+      # os._exit inside: JAX's exit barrier would wait for the dead peer, then abort noisily.
+      cli.fail(f"process {jax.process_index()} lost a peer ({str(e).splitlines()[0][:300]}); "
+               f"restart every process with the same command to resume from the last checkpoint",
+               status=3)
 
 
 if __name__ == "__main__":
@@ -394,4 +389,6 @@ if __name__ == "__main__":
   sys.argv = sweeps.overrides_as_flags(sys.argv)
   config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and logs go here")
+  flags.DEFINE_bool("resume_with_changes", False, "resume although the config differs from the "
+                    "stored one in keys configs/schema.py does not list as safe to change")
   app.run(main, flags_parser=cli.parse_flags)

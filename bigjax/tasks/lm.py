@@ -43,6 +43,8 @@ class LanguageModelTask(TransformerTask):
     self.tokenizer = make_tokenizer(config)
     self.model_cfg = TransformerConfig.from_config(config, self.tokenizer.vocab_size)
     self.model = gpt.Decoder(self.model_cfg)
+    self._check_sample()
+    self._validation = self._windows("validation")  # a split too short fails now, not at eval
 
   # The loop's interface.
 
@@ -78,7 +80,7 @@ class LanguageModelTask(TransformerTask):
     return lm_data.train_dataset(windows, local_batch, seed)
 
   def eval_data(self, local_batch: int, num_batches: int):
-    return lm_data.eval_batches(self._windows("validation"), local_batch, num_batches)
+    return lm_data.eval_batches(self._validation, local_batch, num_batches)
 
   def flops_per_example(self, params) -> float:
     """Training FLOPs for one sequence (6N + attention per token, times seq_len)."""
@@ -101,6 +103,16 @@ class LanguageModelTask(TransformerTask):
                                    max_new_tokens=min(s.max_new_tokens, room),
                                    temperature=s.temperature, top_k=s.top_k)
     return Report(texts={"sample": self.tokenizer.decode(np.asarray(tokens_BxT[0]))})
+
+  def _check_sample(self) -> None:
+    """The final sample's settings must work, or the run would fail after all its steps."""
+    s, vocab = self.config.sample, self.tokenizer.vocab_size
+    if s.top_k > vocab:
+      raise ConfigError(f"sample.top_k={s.top_k} is larger than the vocabulary ({vocab}); use "
+                        f"at most {vocab} (0 = all)")
+    if s.prompt and len(self.tokenizer.encode(s.prompt)) >= self.model_cfg.max_len:
+      raise ConfigError(f"sample.prompt is {len(self.tokenizer.encode(s.prompt))} tokens, no "
+                        f"room left in model.max_len={self.model_cfg.max_len}; shorten it")
 
   # Data.
 

@@ -1,0 +1,43 @@
+"""What a command prints: bigjax's own lines, each warning on one line, not its libraries' insides.
+
+- bigjax's warnings read `warning: ...`, one line each, without absl's timestamp-and-thread prefix.
+- Orbax narrates every save at INFO, and reports a failed write as a traceback from each of its
+  background threads; the loop turns such a failure into one line of its own
+  (`checkpoint.CheckpointError`), so Orbax's log records stay off the console.
+- After a read that fails (a damaged checkpoint), TensorStore's callbacks keep calling into
+  Orbax's event loop, already closed, and Python prints "Event loop is closed" for each; the
+  fallback's one warning says what happened instead.
+Commands call `quiet()` once at start; code that imports bigjax as a library keeps its own setup.
+"""
+
+import logging
+import os
+import sys
+
+
+class _LevelPrefix(logging.Formatter):
+  def format(self, record):
+    return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def _not_orbax(record: logging.LogRecord) -> bool:
+  return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _drop_closed_loop(unraisable, default=sys.unraisablehook) -> None:
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+    default(unraisable)
+
+
+def quiet() -> None:
+  from absl import logging as absl_logging
+
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").addFilter(_not_orbax)  # Orbax logs through absl
+  ours = logging.getLogger("bigjax")
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(_LevelPrefix())
+  ours.addHandler(handler)
+  ours.propagate = False
+  sys.unraisablehook = _drop_closed_loop
