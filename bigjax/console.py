@@ -24,9 +24,12 @@ def _not_orbax(record: logging.LogRecord) -> bool:
   return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
-def _drop_closed_loop(unraisable, default=sys.unraisablehook) -> None:
+def _drop_known_noise(unraisable, default=sys.unraisablehook) -> None:
   error = unraisable.exc_value
-  if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+  closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+  # A stop signal's exception raised inside a callback (JAX's gc hook) is dropped there; the
+  # loop reports the signal itself before the first step (train.StopRequest.start).
+  if not (closed_loop or isinstance(error, KeyboardInterrupt)):
     default(unraisable)
 
 
@@ -40,4 +43,4 @@ def quiet() -> None:
   handler.setFormatter(_LevelPrefix())
   ours.addHandler(handler)
   ours.propagate = False
-  sys.unraisablehook = _drop_closed_loop
+  sys.unraisablehook = _drop_known_noise

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bigjax import build, checkpoint, cli, config_checks, multihost, sweeps, throughput, tracking
+from bigjax import build, checkpoint, cli, config_checks, console, multihost, sharding, sweeps
+from bigjax import throughput, tracking
 from bigjax import workdir as workdir_lib
 from bigjax.data.prefetch import Prefetcher
 from bigjax.step import SAMPLE_STREAM
@@ -48,16 +49,23 @@ class StopRequest:
 
   def __init__(self):
     self.signal = None
-    self.started = False  # set once the first step may run
+    self._started = False
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
     self.signal = signal.Signals(signum).name
-    if not self.started:
+    if not self._started:
+      self.start()
+
+  def start(self) -> None:
+    """Called before the first step; raises Interrupted after a signal (again, if JAX's C++ code
+    dropped the exception the handler raised inside its tracing)."""
+    if self.signal:  # exit status: that of a process the signal killed
       raise Interrupted(f"{self.signal} received before the first step; nothing was lost: rerun "
-                        f"the same command to start (or resume)", 128 + signum)  # as if killed
+                        f"the same command to start (or resume)", 128 + signal.Signals[self.signal])
+    self._started = True
 
   def agreed(self) -> bool:
     return multihost.any_process(self.signal is not None)
@@ -178,8 +186,7 @@ class StepMetrics:
       return
     where = (f"step {self.last_saved} in {self.ckpt.directory}" if self.last_saved is not None
              else "none")
-    cause = (f"after {self.run.config.max_consecutive_skips} skipped updates in a row, "
-             if skipped else "")
+    cause = f"after {self.run.config.max_consecutive_skips} skips in a row, " if skipped else ""
     raise NonFiniteLoss(f"{cause}loss is {host['train/loss']} and parameter norm "
                         f"{host['train/param_norm']} at step {step}; last good checkpoint: "
                         f"{where}. Lower optim.lr, raise optim.warmup_steps"
@@ -216,9 +223,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   stop = StopRequest()  # first: Ctrl-C while compiling ends cleanly
   try:
     config = config_checks.locked(config)
-    with workdir_lib.claim(workdir, config, resume_with_changes):  # the only run in workdir
+    with workdir_lib.claim(workdir):  # the only run in workdir while it runs
       tracking.check_wandb(config)
       run = build.build(config, devices)
+      workdir_lib.check_resume(workdir, config, resume_with_changes)
       return _train(run, workdir, stop)
   finally:
     stop.restore()
@@ -234,7 +242,7 @@ def _train(run: build.Run, workdir: str, stop: StopRequest) -> dict:
                        run.global_batch)
   start_step, state = restore_or_init(run, programs, ckpt, batches)
   best = BestCheckpoint(config, workdir, start_step)
-  stop.started = True
+  stop.start()
   if start_step >= config.steps or best.exhausted:
     for closable in (batches, ckpt, best):
       closable.close()
@@ -360,8 +368,6 @@ def _print_summary(run: build.Run, programs: build.Programs, start_step: int) ->
 
 def main(argv) -> None:
   from absl import flags
-
-  from bigjax import console, sharding
   del argv
   console.quiet()
   config, workdir = flags.FLAGS.config, sweeps.agent_workdir(flags.FLAGS.workdir)

@@ -1,13 +1,14 @@
 """A workdir belongs to one run at a time, holds what it should, and resumes the config that wrote it.
 
-`claim(workdir, config)` is entered before anything compiles, and checks three things:
+Before anything compiles, the loop enters `claim(workdir)`, which checks
 - the layout: WORKDIR, WORKDIR/checkpoints and WORKDIR/best are directories this process can
   write (not a file where a directory should be, not a read-only mount);
 - the owner: WORKDIR/lock is locked (flock) while the run lives. The kernel drops the lock when
   the process ends, however it ends, so a killed run never blocks its own restart; a second run
   on the same workdir is refused with one line that names the holder;
-- the config: a resume whose config differs from the one stored with the newest checkpoint in
-  anything but `configs.schema.MAY_CHANGE_ON_RESUME` is refused, naming the keys, unless
+and, once the config is known to be valid, calls `check_resume`:
+- a resume whose config differs from the one stored with the newest checkpoint in anything but
+  `configs.schema.MAY_CHANGE_ON_RESUME` is refused, naming the keys, unless
   `resume_with_changes` says the change is intended.
 With several processes the workdir is shared: process 0 checks and locks it for the job, and
 every process fails with its error.
@@ -91,8 +92,12 @@ def changed_keys(stored: dict, current: dict) -> list[str]:
 
 
 def check_resume(workdir: str, config: ml_collections.ConfigDict,
-                 resume_with_changes: bool) -> None:
+                 resume_with_changes: bool = False) -> None:
   """The config must be the one the newest checkpoint was written with (see the module doc)."""
+  multihost.on_primary(lambda: _check_resume(workdir, config, resume_with_changes))
+
+
+def _check_resume(workdir, config, resume_with_changes) -> None:
   from bigjax import checkpoint
 
   directory = os.path.join(workdir, "checkpoints")
@@ -115,17 +120,11 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
 
 
 @contextlib.contextmanager
-def claim(workdir: str, config: ml_collections.ConfigDict, resume_with_changes: bool = False):
-  """The workdir, checked, locked and matched to `config` for the duration of the run."""
+def claim(workdir: str):
+  """The workdir, checked and locked for the duration of the run."""
   def check_and_lock():
     check_layout(workdir)
-    lock = Lock(workdir)
-    try:
-      check_resume(workdir, config, resume_with_changes)
-    except BaseException:
-      lock.release()
-      raise
-    return lock
+    return Lock(workdir)
 
   lock = multihost.on_primary(check_and_lock)
   try:
