@@ -60,19 +60,32 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _manager(directory: str, **options) -> ocp.CheckpointManager:
+  handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+              "config": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=True, **options), item_handlers=handlers)
+
+
 class Checkpointer:
   def __init__(self, directory: str, keep: int, async_save: bool = True,
                best_metric: str = "", best_mode: str = "max"):
     """With `best_metric`, the `keep` steps kept are the best by it, not the newest."""
     self.directory = os.path.abspath(directory)
     best_fn = (lambda metrics: metrics[best_metric]) if best_metric else None
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save,
-                                           best_fn=best_fn, best_mode=best_mode)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_handlers=handlers)
+    options = dict(max_to_keep=keep, enable_async_checkpointing=async_save, best_mode=best_mode)
+    try:
+      self._manager = _manager(self.directory, best_fn=best_fn, **options)
+    except Exception:  # opening reads every step's stored metrics: one does not read back
+      self._manager = _manager(self.directory, best_fn=None, lightweight_initialize=True,
+                               **options)
+      for step in self.steps():
+        try:
+          self._manager.metrics(step)
+        except Exception as e:
+          self._set_aside(step, e, best=True)
+      self._manager.close()
+      self._manager = _manager(self.directory, best_fn=best_fn, **options)
     self.last_good = max(self.steps(), default=None)  # the newest step known to be written
     self._writing = None  # (step, bytes) of the save running in the background
     self._failed = False
