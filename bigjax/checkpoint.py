@@ -16,6 +16,7 @@ Resume policy, in order:
 Checkpoints hold arrays (TensorStore) and JSON only, no pickle, so loading one runs no code.
 """
 
+import errno
 import logging
 import os
 import shutil
@@ -37,6 +38,13 @@ class CheckpointError(RuntimeError):
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().split("\n")[0] or type(error).__name__
   return text if len(text) <= 240 else text[:240] + "..."
+
+
+def _cause(error: BaseException) -> str:
+  text = _first_line(error)
+  full = ("No space left" in text or "RESOURCE_EXHAUSTED" in text  # TensorStore's word for it
+          or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT))
+  return "no space left on the device (or quota)" if full else f"{type(error).__name__}: {text}"
 
 
 def _size(num_bytes: float) -> str:
@@ -133,11 +141,10 @@ class Checkpointer:
       good = (f"step {self.last_good} in {self.directory}" if self.last_good is not None
               else "none")
       raise CheckpointError(
-          f"saving step {step} to {self.directory} failed ({type(e).__name__}: "
-          f"{_first_line(e)}); a checkpoint needs about {_size(needed)} and "
-          f"{_size(_free_bytes(self.directory))} are free there; the last good checkpoint is "
-          f"{good}. Fix the cause (free space, a writable directory), then rerun the same "
-          f"command to resume from it") from None
+          f"saving step {step} to {self.directory} failed ({_cause(e)}); a checkpoint needs "
+          f"about {_size(needed)} and {_size(_free_bytes(self.directory))} are free there; the "
+          f"last good checkpoint is {good}. Fix the cause (free space, a writable directory), "
+          f"then rerun the same command to resume from it") from None
 
   def metrics(self, step: int) -> dict[str, float] | None:
     return self._manager.metrics(step)
