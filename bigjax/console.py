@@ -7,9 +7,12 @@
 - After a read that fails (a damaged checkpoint), TensorStore's callbacks keep calling into
   Orbax's event loop, already closed, and Python prints "Event loop is closed" for each; the
   fallback's one warning says what happened instead.
+- gloo (CPU collectives across processes) announces every connection on stdout as the backend
+  starts; `silent_stdout` hides that moment (`sharding.initialize_distributed`).
 Commands call `quiet()` once at start; code that imports bigjax as a library keeps its own setup.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -44,3 +47,17 @@ def quiet() -> None:
   ours.addHandler(handler)
   ours.propagate = False
   sys.unraisablehook = _drop_known_noise
+
+
+@contextlib.contextmanager
+def silent_stdout():
+  """File descriptor 1 goes to /dev/null meanwhile: what C++ code prints there is dropped."""
+  sys.stdout.flush()
+  saved = os.dup(1)
+  with open(os.devnull, "w") as devnull:
+    os.dup2(devnull.fileno(), 1)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 1)
+    os.close(saved)

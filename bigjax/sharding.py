@@ -84,3 +84,8 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
                         f"got {count} and {index}")
     kwargs = dict(coordinator_address=coordinator, num_processes=count, process_id=index)
   jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=dist.heartbeat_seconds)
+  from jax.experimental import multihost_utils
+
+  from bigjax import console
+  with console.silent_stdout():  # the first collective connects: gloo says so on stdout
+    multihost_utils.sync_global_devices("bigjax: connected")
