@@ -93,11 +93,10 @@ def changed_keys(stored: dict, current: dict) -> list[str]:
 
 def check_resume(workdir: str, config: ml_collections.ConfigDict,
                  resume_with_changes: bool = False) -> None:
-  """The config must be the one the newest checkpoint was written with (see the module doc)."""
-  multihost.on_primary(lambda: _check_resume(workdir, config, resume_with_changes))
+  """The config must be the one the newest checkpoint was written with (see the module doc).
 
-
-def _check_resume(workdir, config, resume_with_changes) -> None:
+  Every process reads it (opening Orbax's manager is collective) and reaches the same verdict.
+  """
   from bigjax import checkpoint
 
   directory = os.path.join(workdir, "checkpoints")
@@ -116,7 +115,8 @@ def _check_resume(workdir, config, resume_with_changes) -> None:
     raise ConfigError(f"{directory} was written with another config ({listed}); rerun with that "
                       f"config, pass --resume_with_changes to continue with these changes, or "
                       f"use another --workdir")
-  log.warning("resuming %s with changes: %s", workdir, listed)
+  if jax.process_index() == 0:
+    log.warning("resuming %s with changes: %s", workdir, listed)
 
 
 @contextlib.contextmanager

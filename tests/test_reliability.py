@@ -10,7 +10,8 @@
   console, and the rerun ends bitwise equal.
 - SIGINT or SIGTERM while compiling: one line, the exit status of that signal, no crash; the
   rerun ends bitwise equal.
-Runs are the tiny GPT of tests/test_resume.py, one CPU device, sharing a compilation cache.
+Runs are the tiny GPT of tests/test_resume.py, one CPU device, sharing a compilation cache. The
+last test, in-process, caps on_nonfinite=skip.
 """
 
 import os
@@ -204,3 +205,20 @@ def test_stop_signal_while_compiling_exits_cleanly_and_the_rerun_matches(referen
   status, _, err = run(workdir)
   assert status == 0, err
   assert_same_state(reference[1], workdir)
+
+
+def test_skipping_non_finite_updates_stops_past_the_limit_before_saving(make_config, workdir):
+  """In-process. lr=1e30 makes step 1's weights about 1e30, so from step 2 every gradient
+  overflows: steps 2 and 3 are skipped, step 4 (a third in a row, past the limit of 2) is applied,
+  and the run stops on its non-finite parameters without saving them."""
+  import jax
+
+  from bigjax import train
+  config = make_config(steps=8, checkpoint_every=1, on_nonfinite="skip", max_consecutive_skips=2,
+                       **{"optim.lr": 1e30, "optim.warmup_steps": 0,
+                          "optim.schedule": "constant"})
+  with pytest.raises(train.NonFiniteLoss, match=r"^after 2 skips in a row, .* at step 4; last "
+                                                r"good checkpoint: step 3 "):
+    train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert saved == [1, 2, 3]
