@@ -146,9 +146,6 @@ class Checkpointer:
           f"last good checkpoint is {good}. Fix the cause (free space, a writable directory), "
           f"then rerun the same command to resume from it") from None
 
-  def metrics(self, step: int) -> dict[str, float] | None:
-    return self._manager.metrics(step)
-
   def restore(self, abstract_state, data_iterator=None):
     """(step, state, data_state) from the newest readable checkpoint, or None if there is none.
 

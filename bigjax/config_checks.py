@@ -40,6 +40,15 @@ def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _interval(low, high, low_open: bool = False, high_open: bool = False) -> str:
+  """"in [0, 1)", ">= 1", "> 0", or "" for no bounds."""
+  if low is not None and high is not None:
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+  if low is not None:
+    return f"{'>' if low_open else '>='} {low}"
+  return f"{'<' if high_open else '<='} {high}" if high is not None else ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Integer(Rule):
   """An int in [min, max]; `also` lists values outside that range that mean something (-1)."""
@@ -55,11 +64,8 @@ class Integer(Rule):
       raise ConfigError(f"{key}={value!r} must be {self.describe()}")
 
   def describe(self) -> str:
-    bounds = (f"in [{self.min}, {self.max}]" if self.min is not None and self.max is not None
-              else f">= {self.min}" if self.min is not None
-              else f"<= {self.max}" if self.max is not None else "")
-    also = f" (or {', '.join(map(str, self.also))})" if self.also else ""
-    return f"an integer {bounds}{also}".replace("  ", " ").strip()
+    also = f"(or {', '.join(map(str, self.also))})" if self.also else ""
+    return " ".join(filter(None, ("an integer", _interval(self.min, self.max), also)))
 
   def bad_values(self):
     bad = ["1", True, 1.5]
@@ -87,17 +93,10 @@ class Number(Rule):
       raise ConfigError(f"{key}={value!r} must be {self.describe()}")
 
   def describe(self) -> str:
-    low = (f"[{self.min}" if self.min is not None else f"({self.above}"
-           if self.above is not None else None)
-    high = (f"{self.max}]" if self.max is not None else f"{self.below})"
-            if self.below is not None else None)
-    if low and high:
-      return f"a number in {low}, {high}"
-    if low:
-      return f"a number {'>=' if low[0] == '[' else '>'} {low[1:]}"
-    if high:
-      return f"a number {'<=' if high[-1] == ']' else '<'} {high[:-1]}"
-    return "a finite number"
+    low = self.min if self.min is not None else self.above
+    high = self.max if self.max is not None else self.below
+    bounds = _interval(low, high, low_open=self.min is None, high_open=self.max is None)
+    return f"a number {bounds}" if bounds else "a finite number"
 
   def bad_values(self):
     bad = ["1", True, float("nan"), float("inf")]

@@ -123,6 +123,8 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
 def claim(workdir: str):
   """The workdir, checked and locked for the duration of the run."""
   def check_and_lock():
+    if "://" in workdir:  # object storage (gs://): no local directory to check, no flock
+      return None
     check_layout(workdir)
     return Lock(workdir)
 
@@ -130,5 +132,5 @@ def claim(workdir: str):
   try:
     yield
   finally:
-    if jax.process_index() == 0:
+    if lock is not None:
       lock.release()
