@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bigjax import cli, sweeps, tracking  # noqa: E402
+from bigjax import cli, config_checks, sweeps, tracking  # noqa: E402
 
 flags.DEFINE_string("sweep", None, "W&B sweep file (YAML)", required=True)
 config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
@@ -120,6 +120,7 @@ class Runner:
 def main(argv) -> None:
   del argv
   try:
+    config_checks.check_values(FLAGS.config)  # what every run shares, checked once up front
     sweep = sweeps.load(FLAGS.sweep)
     runs = plan(sweep, FLAGS.count, FLAGS.seed)
     known = tracking.flatten(FLAGS.config)
@@ -127,7 +128,7 @@ def main(argv) -> None:
       if name not in known:
         raise sweeps.SweepError(f"sweep parameter {name!r} is not a config key of "
                                 f"{FLAGS['config'].config_filename}; see configs/base.py")
-  except sweeps.SweepError as e:
+  except (sweeps.SweepError, config_checks.ConfigError) as e:
     cli.fail(str(e))
 
   # The config file and its --config.* overrides go to every run, as typed here.

@@ -267,11 +267,13 @@ CLI_CASES = [
     ("sweep_workers", SWEEP, ["--sweep={f}", "--workdir={t}/s", "--workers=0"],
      "flag --workers=0"),
     ("sweep_empty", SWEEP, ["--sweep={f}", "--workdir={t}/s"], "non-empty list"),
+    ("sweep_value", SWEEP, ["--sweep={f}", "--workdir={t}/s", "--config.optim.lr=-1"],
+     "optim.lr=-1.0 must be a number > 0"),
     ("bench_rounds", BENCH, ["--rounds=0"], "flag --rounds=0"),
     ("bench_steps", BENCH, ["--steps=0"], "flag --steps=0"),
     ("bench_mesh", BENCH, ["--config.mesh.data=3"], "needs 3 devices but 1 are present"),
 ]
-SWEEP_FILES = {"sweep_yaml": "method: [", "sweep_workers": GOOD_SWEEP,
+SWEEP_FILES = {"sweep_yaml": "method: [", "sweep_workers": GOOD_SWEEP, "sweep_value": GOOD_SWEEP,
                "sweep_empty": GOOD_SWEEP.replace("[1]", "[]")}
 
 
