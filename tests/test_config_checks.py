@@ -45,7 +45,7 @@ def test_every_key_of_the_base_config_has_a_schema_entry():
   assert set(schema.MAY_CHANGE_ON_RESUME) <= BASE_KEYS
 
 
-def _set(tree: dict, key: str, value) -> dict:
+def _set(tree: dict, key: str, value) -> None:
   *parents, leaf = key.split(".")
   for name in parents:
     tree = tree[name]

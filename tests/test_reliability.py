@@ -63,12 +63,19 @@ class Run:
     deadline = time.time() + TIMEOUT
     while not condition():
       assert self.proc.poll() is None, f"the run ended first:\n{self.output()}"
-      assert time.time() < deadline, "never got there"
+      if time.time() > deadline:
+        self.proc.kill()
+        raise AssertionError(f"never got there in {TIMEOUT}s:\n{self.output()}")
       time.sleep(0.01)
 
   def finish(self):
-    """(exit status, stdout, stderr lines) once the process has ended."""
-    self.proc.wait(timeout=TIMEOUT)
+    """(exit status, stdout, stderr lines) once the process has ended (killed past TIMEOUT)."""
+    try:
+      self.proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      self.proc.wait()
+      raise AssertionError(f"still running after {TIMEOUT}s:\n{self.output()}") from None
     out, err = self.output()
     return self.proc.returncode, out, err.strip().splitlines()
 
