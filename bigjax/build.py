@@ -75,8 +75,9 @@ def make_tx(config: ml_collections.ConfigDict):
   tx, lr_schedule = optim.make_optimizer(config.optim, config.steps)
   tx = finetune.freeze(tx, config.freeze)
   if config.on_nonfinite == "skip":
-    # Keeps params and optimizer state unchanged on a step whose gradients are not finite.
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
+    # Keeps params and optimizer state unchanged on a step whose gradients are not finite; past
+    # the limit the update is applied, and the loop stops on the non-finite parameters.
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_consecutive_skips)
   return tx, lr_schedule
 
 

@@ -107,7 +107,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     # config_flags reads the --config.KEY=VALUE arguments here, so a typo fails here.
     config_flags.DEFINE_config_dict("config", config, "the run's own config, from its checkpoint")
   except Exception as e:  # a bad path, a bad override
-    cli.exit_with_error(e)
+    cli.fail(cli.one_line(e, argv))
   return cli.parse_flags(argv)
 
 

@@ -67,6 +67,10 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
   """
   coordinator = dist.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   if not coordinator and not _auto_detected_cluster():
+    if dist.num_processes > 1 or dist.process_id >= 0:  # a job's settings, but no job to join
+      raise ConfigError(f"distributed.num_processes={dist.num_processes}, distributed.process_id="
+                        f"{dist.process_id} need distributed.coordinator=HOST:PORT (process 0's "
+                        f"address) or JAX_COORDINATOR_ADDRESS")
     return
   # CPU processes need a collectives library to talk to each other; GPUs and TPUs ignore this.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -80,3 +84,8 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
                         f"got {count} and {index}")
     kwargs = dict(coordinator_address=coordinator, num_processes=count, process_id=index)
   jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=dist.heartbeat_seconds)
+  from jax.experimental import multihost_utils
+
+  from bigjax import console
+  with console.silent_stdout():  # the first collective connects: gloo says so on stdout
+    multihost_utils.sync_global_devices("bigjax: connected")

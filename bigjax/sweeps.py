@@ -49,9 +49,20 @@ class Sweep:
   run_cap: int | None  # W&B's limit on the number of runs, if the file sets one
 
 
+DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform",
+                 "log_uniform_values", "q_log_uniform_values", "normal", "log_normal")
+
+
 def load(path: str) -> Sweep:
-  with open(path) as f:
-    spec = yaml.safe_load(f)
+  try:
+    with open(path) as f:
+      spec = yaml.safe_load(f)
+  except OSError as e:
+    raise SweepError(f"{path}: {e.strerror}") from None
+  except yaml.YAMLError as e:
+    where = getattr(e, "problem_mark", None)
+    line = f" (line {where.line + 1})" if where else ""
+    raise SweepError(f"{path} is not valid YAML{line}: {getattr(e, 'problem', None) or e}") from None
   if not isinstance(spec, dict):
     raise SweepError(f"{path} is not a W&B sweep file (a YAML mapping with method, metric, "
                      f"parameters)")
@@ -74,8 +85,40 @@ def load(path: str) -> Sweep:
     if "parameters" in p:
       raise SweepError(f"{path}: parameter {name} nests `parameters`; name each one by its config "
                        f"path instead, e.g. {name}.lr")
+    check_parameter(f"{path}: parameter {name}", p)
+  run_cap = spec.get("run_cap")
+  if run_cap is not None and not (isinstance(run_cap, int) and run_cap >= 1):
+    raise SweepError(f"{path}: run_cap={run_cap!r}; use a positive number of runs")
   return Sweep(method=method, metric=metric["name"], goal=goal, parameters=parameters,
-               run_cap=spec.get("run_cap"))
+               run_cap=run_cap)
+
+
+def check_parameter(where: str, p: dict) -> None:
+  """A parameter spec W&B would accept, and this runner can draw from: one line if not."""
+  kind = p.get("distribution")
+  if kind is not None and kind not in DISTRIBUTIONS:
+    raise SweepError(f"{where}: distribution {kind!r} is not supported; use one of "
+                     f"{', '.join(DISTRIBUTIONS)}")
+  if "values" in p:
+    values = p["values"]
+    if not isinstance(values, list) or not values:
+      raise SweepError(f"{where}: `values` must be a non-empty list, e.g. [0.001, 0.003]")
+    probabilities = p.get("probabilities")
+    if probabilities is not None and (
+        not isinstance(probabilities, list) or len(probabilities) != len(values)
+        or not math.isclose(sum(probabilities), 1.0, abs_tol=1e-6)):
+      raise SweepError(f"{where}: `probabilities` must be one per value, adding up to 1")
+  elif "value" not in p and ("min" in p or "max" in p):
+    low, high = p.get("min"), p.get("max")
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in (low, high)):
+      raise SweepError(f"{where}: `min` and `max` must both be numbers")
+    if low > high:
+      raise SweepError(f"{where}: min={low} is above max={high}")
+    if kind in ("log_uniform_values", "q_log_uniform_values") and low <= 0:
+      raise SweepError(f"{where}: {kind} draws between min and max on a log scale; min={low} "
+                       f"must be above 0")
+  elif "value" not in p and kind not in ("normal", "log_normal"):
+    raise SweepError(f"{where}: set `values: [...]`, `value: ...` or `min:` and `max:`")
 
 
 def grid(parameters: dict) -> list[dict]:
@@ -129,10 +172,8 @@ def _sample(name: str, p: dict, rng: np.random.Generator):
     elif kind in ("log_uniform_values", "q_log_uniform_values"):
       x = math.exp(rng.uniform(math.log(low), math.log(high)))
     else:
-      raise SweepError(
-          f"parameter {name}: distribution {kind!r} is not supported; use constant, categorical, "
-          f"int_uniform, uniform, q_uniform, log_uniform, log_uniform_values, "
-          f"q_log_uniform_values, normal or log_normal")
+      raise SweepError(f"parameter {name}: distribution {kind!r} is not supported; use one of "
+                       f"{', '.join(DISTRIBUTIONS)}")
   except KeyError as missing:
     raise SweepError(f"parameter {name}: distribution {kind} needs {missing.args[0]}") from None
   if kind.startswith("q_"):

@@ -7,6 +7,9 @@
 - A `jax.profiler` trace of `profile_steps` under WORKDIR/profile, for TensorBoard's profile tab
   (`tensorboard --logdir WORKDIR`) or https://ui.perfetto.dev (the perfetto_trace.json.gz file).
 
+A resumed run redoes the steps after its checkpoint: metrics.jsonl drops the lines it had past
+that step, and TensorBoard is told to purge them, so every step appears once.
+
 W&B's files go under WORKDIR/wandb/, or under $WANDB_DIR/wandb/ when WANDB_DIR is set. A resumed
 run continues the same W&B run: its id is kept in WORKDIR/wandb_run_id. Offline, each resumption
 is a directory of its own under that wandb/ directory with that id, and
@@ -54,6 +57,31 @@ def json_row(line: str) -> dict | None:
   return row if isinstance(row, dict) and "step" in row else None
 
 
+def drop_rows_after(path: str, step: int) -> None:
+  """Rewrites metrics.jsonl without the rows past `step` (and any line a kill cut short)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line for line in lines if (row := json_row(line)) and row["step"] <= step]
+  if len(kept) < len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)  # a kill while rewriting leaves the old file whole
+
+
+def final_metrics(workdir: str, step: int) -> dict:
+  """What a finished run reported, read back from its metrics.jsonl (the last value of each)."""
+  final = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for row in map(json_row, f):
+        if row and row["step"] <= step:
+          final |= {k: v for k, v in row.items() if k != "step"}
+  return final
+
+
 def system_info() -> dict:
   """What the run ran on; slash-named so it never reads as a config key."""
   return {"system/device_kind": jax.devices()[0].device_kind,
@@ -97,8 +125,9 @@ def profile_window(spec: str) -> tuple[int, int] | None:
 
 class Tracker:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, active: bool = True,
-               params=None):
-    """`params`: the parameter tree (arrays or ShapeDtypeStructs), counted for the run summary."""
+               params=None, start_step: int = 0):
+    """`params`: the parameter tree (arrays or ShapeDtypeStructs), counted for the run summary;
+    `start_step`: the step a resumed run continues from (what was logged after it is redone)."""
     self.active = active
     self._workdir = workdir
     self._profile = profile_window(config.profile_steps)
@@ -111,10 +140,11 @@ class Tracker:
     if params is not None:
       info["num_params"] = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     os.makedirs(workdir, exist_ok=True)
+    drop_rows_after(os.path.join(workdir, "metrics.jsonl"), start_step)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     if config.tracking.tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
       rows = "\n".join(f"| {k} | {v} |" for k, v in (flatten(config) | info).items())
       self._tb.add_text("config", "| key | value |\n|---|---|\n" + rows, 0)
     if config.tracking.wandb != "disabled":

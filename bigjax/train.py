@@ -3,14 +3,12 @@
     python -m bigjax.train --config=configs/gpt_tiny.py --workdir=runs/gpt_tiny \
         [--config.optim.lr=3e-4 ...]  # or bare: optim.lr=3e-4 (as `wandb agent` passes them)
 
-`bigjax.build` assembles the run (mesh, task, optimizer, sharded layout, compiled steps); this
-file only drives it, and reads top to bottom in the order things happen: restore or initialise,
-step, log, evaluate, save, wrap up.
+`bigjax.build` assembles the run; this file drives it, top to bottom in the order things happen:
+restore or initialise, step, log, evaluate, save, wrap up.
 """
 
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -20,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bigjax import build, checkpoint, cli, config_checks, multihost, sweeps, throughput, tracking
-from bigjax.config_checks import ConfigError
+from bigjax import build, checkpoint, cli, config_checks, console, multihost, sharding, sweeps
+from bigjax import throughput, tracking
+from bigjax import workdir as workdir_lib
 from bigjax.data.prefetch import Prefetcher
 from bigjax.step import SAMPLE_STREAM
 from bigjax.tasks.base import Report
@@ -33,22 +32,39 @@ class NonFiniteLoss(RuntimeError):
   pass
 
 
+class Interrupted(KeyboardInterrupt):
+  """A stop signal before the first step (while building, compiling, restoring)."""
+
+
 class StopRequest:
   """SIGTERM/SIGINT (preemption, Ctrl-C) set a flag; the loop saves and exits at the next step.
 
-  Handlers are installed only on the main thread (Python allows no other), so the loop also runs
-  from a notebook thread. With several processes, `agreed()` is true on all of them at the same
-  step as soon as one received a signal, so they save the same step together.
+  Before the first step there is nothing to save, so a signal ends the run at once (`Interrupted`)
+  rather than after a compile that may take minutes; what is on disk then is what a kill would
+  leave, which a rerun resumes from. Handlers are installed only on the main thread (Python allows
+  no other), so the loop also runs from a notebook thread. With several processes, `agreed()` is
+  true on all of them at the same step as soon as one received a signal, so they save together.
   """
 
   def __init__(self):
     self.signal = None
+    self._started = False
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
     self.signal = signal.Signals(signum).name
+    if not self._started:
+      self.start()
+
+  def start(self) -> None:
+    """Called before the first step; raises Interrupted after a signal (again, if JAX's C++ code
+    dropped the exception the handler raised inside its tracing)."""
+    if self.signal:  # exit status: that of a process the signal killed
+      raise Interrupted(f"{self.signal} received before the first step; nothing was lost: rerun "
+                        f"the same command to start (or resume)", 128 + signal.Signals[self.signal])
+    self._started = True
 
   def agreed(self) -> bool:
     return multihost.any_process(self.signal is not None)
@@ -86,9 +102,8 @@ class BestCheckpoint:
       return
     self.ckpt = checkpoint.Checkpointer(f"{workdir}/best", keep=1, best_metric=self.metric,
                                         best_mode=self.mode)
-    if self.ckpt.steps():
-      self.best_step = self.ckpt.steps()[-1]
-      self.best = self.ckpt.metrics(self.best_step)[self.metric]
+    if found := self.ckpt.newest_scored(self.metric):
+      self.best_step, self.best = found
       if config.eval_every:  # without evaluations during training there is nothing to count
         self.stale = max(0, start_step // config.eval_every - self.best_step // config.eval_every)
 
@@ -144,6 +159,7 @@ class StepMetrics:
     self.pending = None
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     self._check_finite(step, host)
+    self.ckpt.check()  # a failed background save stops the run now, not at the next save
     if step % self.run.config.log_every == 0 or step == self.run.config.steps:
       started, since_step = self._mark
       host |= self._throughput((time.perf_counter() - started) / max(step - since_step, 1))
@@ -162,17 +178,18 @@ class StepMetrics:
     self._mark = (time.perf_counter(), step)
 
   def _check_finite(self, step: int, host: dict[str, float]) -> None:
-    # The loss is computed from the parameters before the update, the parameter norm after it.
-    # A skipped update (on_nonfinite=skip) left the parameters as they were: only their norm counts.
+    # The loss is of the parameters before the update, the norm after it. A skipped update
+    # (on_nonfinite=skip) left the parameters as they were: only their norm counts.
     skipped = "train/skipped_steps" in host
     if math.isfinite(host["train/param_norm"]) and (skipped or math.isfinite(host["train/loss"])):
       return
-    where = (f"step {self.last_saved} in {self.ckpt.directory}" if self.last_saved is not None
-             else "none")
-    raise NonFiniteLoss(f"loss is {host['train/loss']} and parameter norm "
+    saved = self.last_saved
+    where = "none" if saved is None else f"step {saved} in {self.ckpt.directory}"
+    cause = f"after {self.run.config.max_consecutive_skips} skips in a row, " if skipped else ""
+    raise NonFiniteLoss(f"{cause}loss is {host['train/loss']} and parameter norm "
                         f"{host['train/param_norm']} at step {step}; last good checkpoint: "
-                        f"{where}. Lower optim.lr, raise optim.warmup_steps, or set "
-                        f"on_nonfinite=skip")
+                        f"{where}. Lower optim.lr, raise optim.warmup_steps"
+                        f"{'' if skipped else ', or set on_nonfinite=skip'}")
 
   def _throughput(self, step_seconds: float) -> dict[str, float]:
     unit, count = self.run.units_per_step
@@ -184,53 +201,32 @@ class StepMetrics:
 
 
 def restore(run: build.Run, ckpt, train_iter):
-  """(start step, state): the newest readable checkpoint, the data position moved with it, or
-  (0, None) for a fresh start. Read straight into the run's layout, before anything compiles."""
-  restored = ckpt.restore(run.abstract)
-  if restored is None:
-    return 0, None
-  step, state, data_state = restored
-  train_iter.set_state(data_state)
-  return step, state
+  """(start step, state): the newest readable checkpoint, with `train_iter` moved to its data
+  position, or (0, None) for a fresh start. Read straight into the run's layout, before anything
+  compiles."""
+  restored = ckpt.restore(run.abstract, train_iter)
+  return (0, None) if restored is None else restored[:2]
 
 
 def due(step: int, every: int, last: int) -> bool:
   return bool(every) and step % every == 0 or step == last
 
 
-def checked_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config, locked: an unlocked one (from a notebook) is checked for unknown keys first."""
-  if not config.is_locked:
-    config_checks.check_known_keys(config)
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.lock()
-  return config
-
-
-def finished_metrics(workdir: str, step: int) -> dict:
-  """What a finished run reported, read back from its metrics.jsonl (the last value of each)."""
-  final = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for row in map(tracking.json_row, f):
-        if row and row["step"] <= step:
-          final |= {k: v for k, v in row.items() if k != "step"}
-  return final
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None,
+                       resume_with_changes: bool = False) -> dict:
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final metrics.
 
   `devices` restricts the run to a subset (tests compare 1 and 8 devices in one process).
+  `resume_with_changes` lets a resume change keys that configs/schema.py does not list as safe.
   """
   stop = StopRequest()  # first: Ctrl-C while compiling ends cleanly
   try:
-    config = checked_config(config)
-    config_checks.check_workdir(workdir)
-    tracking.check_wandb(config)
-    run = build.build(config, devices)
-    return _train(run, workdir, stop)
+    config = config_checks.locked(config)
+    with workdir_lib.claim(workdir):  # the only run in workdir while it runs
+      tracking.check_wandb(config)
+      run = build.build(config, devices)
+      workdir_lib.check_resume(workdir, config, resume_with_changes)
+      return _train(run, workdir, stop)
   finally:
     stop.restore()
 
@@ -245,15 +241,19 @@ def _train(run: build.Run, workdir: str, stop: StopRequest) -> dict:
   if start_step >= config.steps or best.exhausted:
     for closable in (batches, ckpt, best):
       closable.close()
-    final = finished_metrics(workdir, start_step)
+    final = tracking.final_metrics(workdir, start_step)
     if best.metric:
       final |= {f"best/{best.metric}": best.best, "best/step": best.best_step}
     if primary:
       print(f"{workdir} finished at step {start_step}: {_format(final)}", flush=True)
     return final
+  if primary:
+    print(f"compiling the {config.task} steps...", flush=True)
   programs = run.compile(init=state is None)  # a resumed run needs no initialiser
   state = run.fresh_state(programs) if state is None else state
-  tracker = tracking.Tracker(config, workdir, active=primary, params=run.abstract.params)
+  stop.start()
+  tracker = tracking.Tracker(config, workdir, active=primary, params=run.abstract.params,
+                             start_step=start_step)
   progress = _progress_bar(config, start_step, primary)
   metrics = StepMetrics(run, tracker, ckpt, progress)
   if primary:
@@ -347,12 +347,11 @@ def _progress_bar(config, start_step, primary):
 
 
 def _print_summary(run: build.Run, programs: build.Programs, start_step: int) -> None:
-  config = run.config
   unit, count = run.units_per_step
-  peak_source = throughput.peak_flops_per_device(run.devices[0], jnp.dtype(config.dtype))[1]
+  peak_source = throughput.peak_flops_per_device(run.devices[0], jnp.dtype(run.config.dtype))[1]
   memory = programs.train_step.memory_analysis()
   lines = [
-      f"task {config.task}: {run.num_params:,} parameters, "
+      f"task {run.config.task}: {run.num_params:,} parameters, "
       f"{run.flops_per_step / count:.3g} train FLOPs/{unit.rstrip('s')}, {count:,} {unit}/step",
       f"mesh {run.mesh_shape} on {len(run.devices)} {run.devices[0].platform} devices "
       f"({jax.process_count()} process(es)); MFU against {peak_source}",
@@ -369,24 +368,23 @@ def _print_summary(run: build.Run, programs: build.Programs, start_step: int) ->
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
   del argv
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every save at INFO
+  console.quiet()
   config, workdir = flags.FLAGS.config, sweeps.agent_workdir(flags.FLAGS.workdir)
-  try:
-    from bigjax import sharding
-    sharding.initialize_distributed(config.distributed)
-    train_and_evaluate(config, workdir)
-  except (ConfigError, NonFiniteLoss) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
-      raise
-    reason = str(e).splitlines()[0][:300]
-    print(f"error: process {jax.process_index()} lost a peer ({reason}); restart every process "
-          f"with the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
-    os._exit(3)  # skip JAX's exit barrier: it would wait for the dead peer, then abort noisily
+  with cli.one_line_errors(NonFiniteLoss, checkpoint.CheckpointError):
+    try:
+      config_checks.check_values(config)  # before joining a job with it
+      sharding.initialize_distributed(config.distributed)
+      train_and_evaluate(config, workdir, resume_with_changes=flags.FLAGS.resume_with_changes)
+    except Interrupted as e:
+      cli.fail(*e.args)
+    except jax.errors.JaxRuntimeError as e:
+      if jax.process_count() == 1:
+        raise
+      # os._exit inside: JAX's exit barrier would wait for the dead peer, then abort noisily.
+      cli.fail(f"process {jax.process_index()} lost a peer ({str(e).splitlines()[0][:300]}); "
+               f"restart every process with the same command to resume from the last checkpoint",
+               status=3)
 
 
 if __name__ == "__main__":
@@ -397,4 +395,6 @@ if __name__ == "__main__":
   sys.argv = sweeps.overrides_as_flags(sys.argv)
   config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
   flags.DEFINE_string("workdir", "runs/default", "checkpoints, metrics and logs go here")
+  flags.DEFINE_bool("resume_with_changes", False, "resume although the config differs from the "
+                    "stored one in keys configs/schema.py does not list as safe to change")
   app.run(main, flags_parser=cli.parse_flags)

@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500  # steps between checkpoints (0 = only at the end)
   c.keep_checkpoints = 3  # most recent checkpoints kept on disk
   c.on_nonfinite = "stop"  # non-finite loss: "stop" names the step and last checkpoint; "skip" drops the update
+  c.max_consecutive_skips = 10  # on_nonfinite="skip": stop as "stop" does after this many skips in a row
   c.init_from = ""  # fresh runs copy matching params from this workdir or checkpoint (own checkpoints win)
   c.freeze = ""  # regex over "/"-joined param paths (e.g. "^(embed|encoder)/"): those params get no updates
 

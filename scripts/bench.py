@@ -28,15 +28,15 @@ from ml_collections import config_flags  # noqa: E402
 from bigjax import throughput  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
-flags.DEFINE_integer("steps", 10, "steps per timing window")
-flags.DEFINE_integer("rounds", 3, "timing windows; the fastest is reported")
-flags.DEFINE_integer("warmup", 3, "untimed steps after the first")
+flags.DEFINE_integer("steps", 10, "steps per timing window", lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "timing windows; the fastest is reported", lower_bound=1)
+flags.DEFINE_integer("warmup", 3, "untimed steps after the first", lower_bound=0)
 flags.DEFINE_enum("data", "fixed", ["fixed", "stream"], "one batch over and over, or a fresh "
                   "batch from the task's pipeline every step")
 flags.DEFINE_integer("prefetch", 2, "with --data=stream: batches prepared ahead on a thread "
-                     "(0 = on the loop's thread, as without prefetching)")
+                     "(0 = on the loop's thread, as without prefetching)", lower_bound=0)
 flags.DEFINE_integer("top_ops", 0, "then profile one window and print where its time went, by "
-                     "source line of the model, this many rows (0 = no profile)")
+                     "source line of the model, this many rows (0 = no profile)", lower_bound=0)
 
 
 class TrainStepBench:
@@ -134,8 +134,11 @@ def time_by_source(bench: TrainStepBench, steps: int) -> list[tuple[float, str]]
 
 def main(argv):
   del argv
+  from bigjax import cli, console
+  console.quiet()
   f = flags.FLAGS
-  bench = TrainStepBench(f.config, f.data, f.prefetch)
+  with cli.one_line_errors():  # a config that cannot run (a mesh the devices do not fill)
+    bench = TrainStepBench(f.config, f.data, f.prefetch)
   if f.warmup:
     bench.seconds_per_step(f.warmup)
   best = min(bench.seconds_per_step(f.steps) for _ in range(f.rounds))

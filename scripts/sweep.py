@@ -30,13 +30,14 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bigjax import sweeps, tracking  # noqa: E402
+from bigjax import cli, config_checks, sweeps, tracking  # noqa: E402
 
 flags.DEFINE_string("sweep", None, "W&B sweep file (YAML)", required=True)
 config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "experiment config file")
 flags.DEFINE_string("workdir", None, "each run gets a directory under this one", required=True)
-flags.DEFINE_integer("workers", 1, "runs trained at the same time")
-flags.DEFINE_integer("count", None, "runs of a random sweep (default: the file's run_cap)")
+flags.DEFINE_integer("workers", 1, "runs trained at the same time", lower_bound=1)
+flags.DEFINE_integer("count", None, "runs of a random sweep (default: the file's run_cap)",
+                     lower_bound=1)
 flags.DEFINE_integer("seed", 0, "seed of a random sweep's draws")
 FLAGS = flags.FLAGS
 
@@ -121,6 +122,7 @@ class Runner:
 def main(argv) -> None:
   del argv
   try:
+    config_checks.check_values(FLAGS.config)  # what every run shares, checked once up front
     sweep = sweeps.load(FLAGS.sweep)
     runs = plan(sweep, FLAGS.count, FLAGS.seed)
     known = tracking.flatten(FLAGS.config)
@@ -128,8 +130,8 @@ def main(argv) -> None:
       if name not in known:
         raise sweeps.SweepError(f"sweep parameter {name!r} is not a config key of "
                                 f"{FLAGS['config'].config_filename}; see configs/base.py")
-  except (sweeps.SweepError, OSError) as e:
-    sys.exit(f"error: {e}")
+  except (sweeps.SweepError, config_checks.ConfigError) as e:
+    cli.fail(str(e))
 
   # The config file and its --config.* overrides go to every run, as typed here.
   base_args = [f"--config={FLAGS['config'].config_filename}", "--config.tracking.progress=False"]
@@ -240,4 +242,4 @@ def plot(ranked, sweep, path) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

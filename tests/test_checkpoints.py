@@ -6,6 +6,7 @@ In-process runs on the 8 emulated CPU devices that conftest sets up.
 import hashlib
 import logging
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from bigjax import optim
 from bigjax.config_checks import ConfigError
 from bigjax.train import train_and_evaluate
 
@@ -44,9 +46,10 @@ def _copy(workdir, tmp_path):
 
 
 def _file_hashes(directory):
+  """Every file's hash but WORKDIR/lock's: each run writes its own name there."""
   out = {}
   for root, _, files in os.walk(directory):
-    for name in files:
+    for name in set(files) - {"lock"}:
       path = os.path.join(root, name)
       out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
   return out
@@ -94,48 +97,68 @@ def test_checkpoints_hold_no_pickle(trained):
       assert not name.endswith((".pkl", ".pickle"))
 
 
-def _unwritable(tmp_path):
+def _read_only(tmp_path):
+  """A directory this process cannot write: chmod for a user; root writes anyway, so for root a
+  read-only bind mount of it (undone at the end of the test by `_unmount`)."""
   path = tmp_path / "readonly"
   path.mkdir()
-  os.chmod(path, 0o500)
-  return str(path / "run")
+  if os.geteuid() != 0:
+    os.chmod(path, 0o500)
+    return str(path)
+  mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)],
+                           capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"running as root, and mount is not permitted here ({mounted.stderr.strip()}): "
+                f"root writes into any directory it cannot mount read-only")
+  _MOUNTS.append(str(path))
+  return str(path)
 
 
-# (name, config overrides, workdir maker or None, text the one-line error must contain)
+_MOUNTS = []
+
+
+@pytest.fixture
+def _unmount():
+  yield
+  while _MOUNTS:
+    subprocess.run(["umount", _MOUNTS.pop()], check=True)
+
+
+def _file_in_path(tmp_path):
+  (tmp_path / "file").write_text("not a directory")
+  return str(tmp_path / "file" / "run")
+
+
+def _file_as(name):
+  def make(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / name).write_text("not a directory")
+    return str(tmp_path / "run")
+  return make
+
+
+# (name, config overrides, workdir maker or None, text of the one-line error). The full table of
+# bad values is in test_config_checks.py; these also check that a refused run leaves the existing
+# checkpoints exactly as they were.
 BAD_CONFIGS = [
     ("mesh_product", {"mesh.data": 3}, None, "needs 3 devices but 8 are present"),
     ("two_free_axes", {"mesh.fsdp": -1, "mesh.tensor": -1}, None, "at most one mesh axis"),
-    ("zero_axis", {"mesh.tensor": 0}, None, "size below 1"),
     ("batch_split", {"batch_size": 12}, None, "not divisible by the 8 data-parallel devices"),
-    ("heads_tensor", {"mesh.data": 1, "mesh.tensor": 8}, None, "not divisible by mesh.tensor"),
-    ("kv_heads", {"model.num_kv_heads": 3}, None, "not divisible by model.num_kv_heads"),
-    ("width_heads", {"model.d_model": 30}, None, "not divisible by model.num_heads"),
-    ("seq_len", {"seq_len": 128}, None, "longer than model.max_len"),
-    ("steps", {"steps": 0}, None, "steps=0 must be positive"),
-    ("dtype", {"dtype": "float8"}, None, "dtype='float8'"),
-    ("grad_accum", {"optim.grad_accum_steps": 3}, None, "grad_accum_steps=3"),
-    ("task", {"task": "lmm"}, None, "task='lmm' is unknown"),
-    ("optimizer", {"optim.name": "adamww"}, None, "optim.name='adamww'"),
-    ("schedule", {"optim.schedule": "cosin"}, None, "optim.schedule='cosin'"),
-    ("nonfinite", {"on_nonfinite": "ignore"}, None, "on_nonfinite='ignore'"),
-    ("source", {"data.source": "web"}, None, "data.source='web' is unknown"),
-    ("no_path", {"data.path": ""}, None, "needs --config.data.path"),
+    ("keep_zero", {"keep_checkpoints": 0}, None, "keep_checkpoints=0 must be an integer >= 1"),
+    ("negative_cadence", {"checkpoint_every": -1}, None, "checkpoint_every=-1"),
     ("missing_path", {"data.path": "/no/such/file.txt"}, None, "does not exist"),
-    ("tfds_name", {"data.source": "tfds", "data.name": "imagenet_typo"}, None,
-     "not a known text dataset"),
-    ("tokenizer", {"data.tokenizer": "wordpiece"}, None, "data.tokenizer='wordpiece'"),
-    ("remat", {"model.remat": "some"}, None, "model.remat='some'"),
-    ("unwritable_workdir", {}, _unwritable, "is not writable"),
+    ("read_only_workdir", {}, _read_only, "is not writable"),
+    ("workdir_under_a_file", {}, _file_in_path, "cannot be created (Not a directory)"),
+    ("checkpoints_is_a_file", {}, _file_as("checkpoints"), "is a file where a directory should be"),
+    ("best_is_a_file", {}, _file_as("best"), "is a file where a directory should be"),
 ]
 
 
 @pytest.mark.parametrize("name,overrides,make_workdir,message", BAD_CONFIGS,
                          ids=[case[0] for case in BAD_CONFIGS])
 def test_bad_config_is_one_line_error_and_checkpoints_untouched(trained, make_config, tmp_path,
-                                                                name, overrides, make_workdir,
-                                                                message):
-  if make_workdir is not None and os.geteuid() == 0:
-    pytest.skip("root can write anywhere")
+                                                                _unmount, name, overrides,
+                                                                make_workdir, message):
   before = _file_hashes(trained)
   workdir = make_workdir(tmp_path) if make_workdir else trained
   with pytest.raises(ConfigError) as error:
@@ -154,11 +177,43 @@ def test_empty_data_file_is_a_clear_error(make_config, tmp_path):
 
 def test_changed_model_against_old_checkpoint_is_an_error_and_keeps_it(trained, make_config):
   before = _file_hashes(trained)
+  wider = make_config(**{"model.d_model": 64, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+  with pytest.raises(ConfigError, match=r"written with another config \(model.d_model=32 there, "
+                                        r"64 here\); .* --resume_with_changes"):
+    train_and_evaluate(wider, trained)
+  # Told the change is intended, the arrays still cannot fit: the shape check says so.
   with pytest.raises(ConfigError, match="does not match this config") as error:
-    train_and_evaluate(make_config(**{"model.d_model": 64, "mesh.data": 2, "mesh.fsdp": 2,
-                                      "mesh.tensor": 2}), trained)
+    train_and_evaluate(wider, trained, resume_with_changes=True)
   assert "params/" in str(error.value) and "new --workdir" in str(error.value)
   assert _file_hashes(trained) == before
+
+
+def test_resume_with_changes_continues_with_them(trained, make_config, tmp_path, caplog):
+  """A changed learning rate is refused, then accepted when said to be intended; changing only
+  what may change on resume (steps, cadences, tracking, mesh) needs no flag (see `continued`)."""
+  workdir = _copy(trained, tmp_path)
+  config = make_config(steps=5, **{"optim.lr": 1e-3, "mesh.data": 2, "mesh.fsdp": 2,
+                                   "mesh.tensor": 2})
+  with pytest.raises(ConfigError, match=r"optim.lr=0.003 there, 0.001 here"):
+    train_and_evaluate(config, workdir)
+  with caplog.at_level(logging.WARNING):
+    final = train_and_evaluate(config, workdir, resume_with_changes=True)
+  assert "resuming" in caplog.text and "optim.lr=0.003 there, 0.001 here" in caplog.text
+  assert final["train/lr"] == pytest.approx(float(optim.schedule(config.optim, 5)(4)))  # the new
+  assert "5" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+def test_damaged_data_position_falls_back_like_damaged_arrays(trained, make_config, tmp_path,
+                                                             caplog):
+  """Valid JSON, wrong content: the iterator refuses it, so the whole step is set aside."""
+  workdir = _copy(trained, tmp_path)
+  (pathlib.Path(workdir) / "checkpoints" / "4" / "data" / "metadata").write_text("{}")
+  with caplog.at_level(logging.WARNING):
+    train_and_evaluate(make_config(steps=5, **{"mesh.data": 2, "mesh.fsdp": 2,
+                                               "mesh.tensor": 2}), workdir)
+  assert "checkpoint step 4 is unreadable (KeyError" in caplog.text
+  assert "resuming from step 2" in caplog.text
+  assert os.listdir(os.path.join(workdir, "checkpoints", "damaged"))[0].startswith("4-")
 
 
 @pytest.mark.parametrize("flag,message", [

@@ -76,8 +76,8 @@ def test_the_command_applies_overrides_says_so_and_writes_metrics(trained, tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config.seq2seq.beam_sise=1"], "Did you mean \"beam_size\""),
-    (["--config.seq2seq.beam_size=0"], "seq2seq.beam_size=0 must be at least 1"),
+    (["--config.seq2seq.beam_sise=1"], "did you mean seq2seq.beam_size?"),
+    (["--config.seq2seq.beam_size=0"], "seq2seq.beam_size=0 must be an integer >= 1"),
 ])
 def test_bad_overrides_are_one_line_errors(trained, args, message):
   workdir, _ = trained("seq2seq")

@@ -5,6 +5,7 @@ share (every P-th document, or the P-th slice of a single long document), so no 
 train on the same text and no process reads what it does not use.
 """
 
+import codecs
 import os
 import pathlib
 import sysconfig
@@ -50,12 +51,16 @@ def _stdlib_documents(split: str, data: ml_collections.ConfigDict, share) -> lis
   return [f.read_text(encoding="utf-8", errors="replace") for f in share(files)]
 
 
+def text_files(path: pathlib.Path) -> list[pathlib.Path]:
+  """The file `path`, or every file under the directory `path`, sorted."""
+  return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
 def _text_documents(split: str, data: ml_collections.ConfigDict, share) -> list[str]:
   """Each file's last `val_fraction` of characters is validation, as nanoGPT splits its text."""
-  path = pathlib.Path(data.path)
-  files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
   documents = []
-  for text in (f.read_text(encoding="utf-8", errors="replace") for f in files):
+  for text in (f.read_text(encoding="utf-8", errors="replace")
+               for f in text_files(pathlib.Path(data.path))):
     cut = int(len(text) * (1 - data.val_fraction))
     documents.append(text[cut:] if split == "validation" else text[:cut])
   return share(documents)
@@ -90,13 +95,33 @@ def documents(data: ml_collections.ConfigDict, split: str, process_index: int = 
   raise ConfigError(f"data.source={data.source!r} is unknown; use stdlib, text or tfds")
 
 
+TEXT_CHECK_BYTES = 1 << 20  # the head of each text file checked before training on it
+
+
+def check_text_file(path: pathlib.Path) -> None:
+  """A file trained on as text must be UTF-8 text: its head is checked, so a binary file or
+  another encoding fails now instead of training on replacement characters."""
+  with open(path, "rb") as f:
+    head = f.read(TEXT_CHECK_BYTES)
+  if b"\0" in head:
+    raise ConfigError(f"{path} is binary (it holds NUL bytes), not text; point data.path at "
+                      f"text files")
+  try:
+    codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < TEXT_CHECK_BYTES)
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it, e.g. "
+                      f"iconv -f latin1 -t utf-8") from None
+
+
 def check_source(data: ml_collections.ConfigDict) -> None:
-  """Fails before anything is compiled when the configured data cannot be found."""
+  """Fails before anything is compiled when the configured data cannot be found or read."""
   if data.source == "text":
     if not data.path:
       raise ConfigError("data.source='text' needs --config.data.path=FILE_OR_DIR")
     if not os.path.exists(data.path):
       raise ConfigError(f"data.path={data.path!r} does not exist; point it at a text file or dir")
+    for path in text_files(pathlib.Path(data.path)):
+      check_text_file(path)
   elif data.source == "tfds":
     if data.name not in TFDS_TEXT_DATASETS:
       raise ConfigError(f"data.name={data.name!r} is not a known text dataset; use one of "

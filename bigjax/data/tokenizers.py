@@ -41,7 +41,13 @@ class SentencePieceTokenizer:
   def __init__(self, model_path: str):
     import sentencepiece as spm  # optional dependency, only needed for this tokenizer
 
-    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    from bigjax.config_checks import ConfigError
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    except (OSError, RuntimeError) as e:
+      raise ConfigError(f"data.tokenizer_path={model_path!r} is not a SentencePiece model "
+                        f"({str(e).splitlines()[0][:200]}); point it at a .model file, or at a "
+                        f"missing path to train one there") from None
     self.vocab_size = self._sp.get_piece_size()
     self.eos_id = self._sp.eos_id()
 

@@ -9,10 +9,10 @@ within `ready_timeout`), /metrics (Prometheus), /v1/models; then by the run's ta
   task=lm         POST /v1/completions, /v1/chat/completions (bigjax/serve/completions.py)
   encoder runs    POST /v1/embeddings, /v1/classify, /v1/translate (bigjax/serve/encoders.py).
 
-Every route but /health and /metrics needs the API key when one is set (`Authorization: Bearer
-KEY`, compared in constant time, never read from the query string). A middleware checks it before
-routing, so a route added later cannot forget it. Bodies over `max_body_bytes` get 413 before
-they are parsed. Every error, raised here or by FastAPI, has OpenAI's shape.
+Every route but the probes' (/health, /ready, /metrics) needs the API key when one is set
+(`Authorization: Bearer KEY`, compared in constant time, never read from the query string). A
+middleware checks it before routing, so a route added later cannot forget it. Bodies over
+`max_body_bytes` get 413 before they are parsed. Every error, raised here or by FastAPI, has OpenAI's shape.
 """
 
 import contextlib
@@ -38,7 +38,8 @@ from bigjax.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+# Probes (a load balancer's, Kubernetes') send no key.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 @dataclasses.dataclass(frozen=True)

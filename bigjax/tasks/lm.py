@@ -45,6 +45,8 @@ class LanguageModelTask(TransformerTask):
     self.tokenizer = make_tokenizer(config)
     self.model_cfg = TransformerConfig.from_config(config, self.tokenizer.vocab_size)
     self.model = gpt.Decoder(self.model_cfg)
+    self._check_sample()
+    self._validation = self._windows("validation")  # a split too short fails now, not at eval
 
   # The loop's interface.
 
@@ -80,7 +82,7 @@ class LanguageModelTask(TransformerTask):
     return lm_data.train_dataset(windows, local_batch, seed)
 
   def eval_data(self, local_batch: int, num_batches: int):
-    return lm_data.eval_batches(self._windows("validation"), local_batch, num_batches)
+    return lm_data.eval_batches(self._validation, local_batch, num_batches)
 
   def flops_per_example(self, params) -> float:
     """Training FLOPs for one sequence (6N + attention per token, times seq_len)."""
@@ -106,6 +108,16 @@ class LanguageModelTask(TransformerTask):
                             s.temperature, s.top_k, s.top_p,
                             seed=int(jax.random.randint(rng, (), 0, 2**31 - 1)))[0]
     return Report(texts={"sample": s.prompt + self.tokenizer.decode(new)})
+
+  def _check_sample(self) -> None:
+    """The final sample's settings must work, or the run would fail after all its steps."""
+    s, vocab = self.config.sample, self.tokenizer.vocab_size
+    if s.top_k > vocab:
+      raise ConfigError(f"sample.top_k={s.top_k} is larger than the vocabulary ({vocab}); use "
+                        f"at most {vocab} (0 = all)")
+    if s.prompt and len(self.tokenizer.encode(s.prompt)) >= self.model_cfg.max_len:
+      raise ConfigError(f"sample.prompt is {len(self.tokenizer.encode(s.prompt))} tokens, no "
+                        f"room left in model.max_len={self.model_cfg.max_len}; shorten it")
 
   # Data.
 
