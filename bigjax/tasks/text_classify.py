@@ -16,9 +16,11 @@ import optax
 
 from bigjax import metrics
 from bigjax.config_checks import ConfigError
-from bigjax.data import text_tasks
+from bigjax.data import pipeline
+from bigjax.data import text_classify as classify_data
+from bigjax.data.tokenizers import SpecialTokens
 from bigjax.models import bert
-from bigjax.tasks.base import Loss, Report, TransformerTask
+from bigjax.tasks.base import Loss, Report, TransformerTask, dropout_rngs
 from bigjax.tasks.classify import classification_report
 from bigjax.tasks.lm import make_tokenizer
 from bigjax.tasks.mlm import encoder_config, encoder_flops_per_example
@@ -38,7 +40,7 @@ class TextClassificationTask(TransformerTask):
     super().__init__(config, process_index, process_count)
     self.throughput_unit = ("tokens", config.seq_len)
     self.tokenizer = make_tokenizer(config)
-    self.special = text_tasks.SpecialTokens(self.tokenizer.vocab_size)
+    self.special = SpecialTokens(self.tokenizer.vocab_size)
     self._splits = {}
     self.class_names = self._examples("train").class_names
     self.model_cfg = encoder_config(config, self.special)
@@ -56,7 +58,7 @@ class TextClassificationTask(TransformerTask):
   def _logits(self, params, batch, rng=None, train=False):
     return self.model.apply({"params": params}, batch["inputs"],
                             batch["inputs"] != self.special.pad, train=train,
-                            rngs={"dropout": rng} if rng is not None else {})
+                            rngs=dropout_rngs(rng))
 
   def loss(self, params, batch, rng, train: bool):
     logits_BxC = self._logits(params, batch, rng, train).astype(jnp.float32)
@@ -74,26 +76,29 @@ class TextClassificationTask(TransformerTask):
     return classification_report(sums)
 
   def train_data(self, local_batch: int, seed: int):
-    return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
+    examples = self._examples("train")
+    return pipeline.train_batches(pipeline.shuffled(len(examples), seed), examples.example,
+                                  local_batch, seed, self.process_index, self.process_count,
+                                  self.config.data.workers)
 
   def eval_data(self, local_batch: int, num_batches: int):
-    return text_tasks.eval_batches(self._examples("validation"), local_batch, num_batches,
-                                   self.config.seed)
+    examples = self._examples("validation")
+    return pipeline.eval_batches(len(examples), examples.example, local_batch, num_batches,
+                                 self.config.seed, self.process_index, self.process_count)
 
   def flops_per_example(self, params) -> float:
     return encoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
 
   # Data.
 
-  def _examples(self, split: str) -> text_tasks.ClassifyExamples:
+  def _examples(self, split: str) -> classify_data.ClassifyExamples:
     if split not in self._splits:
       d = self.config.data
       args = (split, self.tokenizer, self.config.seq_len)
-      share = (self.process_index, self.process_count)
       if d.source == "stdlib":
-        snippets, names = text_tasks.stdlib_family_snippets(*args, d.val_fraction, *share)
+        snippets, names = classify_data.stdlib_family_snippets(*args, d.val_fraction)
       else:
-        snippets, names = text_tasks.tfds_classify_snippets(d.name, *args, d.tfds_dir, *share)
-      self._splits[split] = text_tasks.ClassifyExamples(snippets, names, self.config.seq_len,
-                                                        self.special)
+        snippets, names = classify_data.tfds_classify_snippets(d.name, *args, d.tfds_dir)
+      self._splits[split] = classify_data.ClassifyExamples(snippets, names, self.config.seq_len,
+                                                           self.special)
     return self._splits[split]
