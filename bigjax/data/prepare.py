@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from bigjax.config_checks import ConfigError
-from bigjax.data import tokenizers
+from bigjax.data import jsonl, tokenizers
 from bigjax.data.lm import token_dtype
 
 MANIFEST = "manifest.json"
@@ -133,13 +133,10 @@ def _jsonl_documents(path: str, start: int, stop: int, field: str) -> Iterator[s
     if not line.strip():
       continue
     where = lambda: f"{path}:{_line_number(path, line_start)}"
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"{where()}: not JSON ({e.msg}); each line must be one JSON object")
-    if not isinstance(record, dict) or not isinstance(record.get(field), str):
-      fields = ", ".join(record) if isinstance(record, dict) else "none"
-      raise ConfigError(f"{where()}: no text field {field!r} (fields: {fields}); set --field")
+    record = jsonl.parse(line, where)
+    if not isinstance(record.get(field), str):
+      raise ConfigError(f"{where()}: no text field {field!r} (fields: {', '.join(record)}); "
+                        f"set --field")
     yield record[field]
 
 

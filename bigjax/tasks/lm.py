@@ -29,6 +29,15 @@ def make_tokenizer(config: ml_collections.ConfigDict):
                                   lambda: sources.documents(data, "train"))
 
 
+def decoder_flops_per_example(params, cfg: TransformerConfig, seq_len: int) -> float:
+  """Training FLOPs for one sequence of a decoder (6N + attention per token, times seq_len)."""
+  n = gpt.count_params(params)
+  n -= params["embed"]["embedding"].size + (params["pos_embed"]["embedding"].size
+                                            if "pos_embed" in params else 0)
+  n += cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0  # the tied output matmul
+  return decoder_flops_per_token(n, cfg.num_layers, seq_len, cfg.d_model) * seq_len
+
+
 class LanguageModelTask(TransformerTask):
   """Packed next-token prediction; eval reports loss, perplexity and next-token accuracy."""
 
@@ -88,14 +97,7 @@ class LanguageModelTask(TransformerTask):
                                  self.process_count)
 
   def flops_per_example(self, params) -> float:
-    """Training FLOPs for one sequence (6N + attention per token, times seq_len)."""
-    cfg = self.model_cfg
-    n = gpt.count_params(params)
-    n -= params["embed"]["embedding"].size + (params["pos_embed"]["embedding"].size
-                                              if "pos_embed" in params else 0)
-    n += cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0  # the tied output matmul
-    L = self.config.seq_len
-    return decoder_flops_per_token(n, cfg.num_layers, L, cfg.d_model) * L
+    return decoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
 
   def finish(self, params, rng) -> Report:
     """A text sample from the trained model, continuing `config.sample.prompt`."""
