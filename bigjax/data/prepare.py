@@ -263,11 +263,14 @@ def _finished(out: str, index: int) -> dict | None:
 
 
 def _start(out: str, settings: Settings, units: list[dict]) -> None:
-  """Records the plan, or checks that an earlier run in `out` had the same one."""
-  os.makedirs(os.path.join(out, PROGRESS), exist_ok=True)
-  plan_path = os.path.join(out, PROGRESS, "plan.json")
+  """Records the plan, or checks that an earlier run in `out` that finished shards had the same
+  one (an earlier run that finished none, say one stopped by a bad input line, is replaced)."""
+  progress = os.path.join(out, PROGRESS)
+  os.makedirs(progress, exist_ok=True)
+  plan_path = os.path.join(progress, "plan.json")
   wanted = {"settings": dataclasses.asdict(settings), "units": units}
-  if os.path.exists(plan_path):
+  finished = [f for f in os.listdir(progress) if f[0].isdigit()]
+  if os.path.exists(plan_path) and finished:
     with open(plan_path) as f:
       if json.load(f) != wanted:
         raise ConfigError(f"--out={out} holds shards of other inputs or settings; use a new "
@@ -322,8 +325,10 @@ def _write_shards(out, units, todo, settings, workers, progress) -> dict[int, di
         entries[i] = write_shard(out, i, units[i], settings)
         bar.update(units[i]["bytes"])
       return entries
-    # spawn: a fresh interpreter per worker, whatever threads this process runs
-    context = multiprocessing.get_context("spawn")
+    # Forked workers start at once, with this process's modules already imported; they run
+    # tokenizers and file writes only, never JAX. Spawn where fork does not exist.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
       futures = {pool.submit(write_shard, out, i, units[i], settings): i for i in todo}
       for future in concurrent.futures.as_completed(futures):

@@ -101,9 +101,9 @@ class ShardStream:
       ids = np.frombuffer(self._records[self._record_starts[shard] + record], self._dtype)
     except Exception as e:  # ArrayRecord raises RuntimeError on a bad chunk hash, and others
       reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-      raise ConfigError(f"{where} cannot be read ({reason}); the file is damaged: rerun prepare "
-                        f"with --out={self.directory} to find and rewrite it") from None
+      raise ConfigError(f"{where} cannot be read ({reason}); rerun prepare with "
+                        f"--out={self.directory}: it checks every shard") from None
     if len(ids) != expected:
-      raise ConfigError(f"{where} holds {len(ids)} token ids, not {expected}; the file is "
-                        f"damaged: rerun prepare with --out={self.directory} to rewrite it")
+      raise ConfigError(f"{where} holds {len(ids)} token ids, not {expected}; rerun prepare "
+                        f"with --out={self.directory}: it checks every shard")
     return ids
