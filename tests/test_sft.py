@@ -13,6 +13,7 @@ from bigjax.config_checks import ConfigError
 from bigjax.data import dialogues, pipeline, sft
 from bigjax.data.tokenizers import ByteTokenizer
 from bigjax.tasks.sft import SftTask
+from configs import sft_tiny
 
 SEQ_LEN = 160  # two of the generated single-question conversations (about 75 bytes) per row
 
@@ -39,7 +40,8 @@ def test_the_loss_is_on_the_assistant_tokens_only():
   graded = row["targets"][row["weights"] == 1]
   assert bytes(graded.astype(np.uint8)).decode() == "5<|end|>\n"  # the answer and its end
   assert row["weights"].sum() == len("5<|end|>\n")
-  assert (row["segment_ids"] == 1).sum() == len(text) - 1 and (row["segment_ids"][len(text):] == 0).all()
+  assert (row["segment_ids"] == 1).sum() == len(text) - 1
+  assert (row["segment_ids"][len(text):] == 0).all()
   np.testing.assert_array_equal(row["positions"][:len(text) - 1], np.arange(len(text) - 1))
 
 
@@ -92,11 +94,19 @@ def test_packing_resumes_exactly_across_epochs(dialogue_dir, make_config):
       np.testing.assert_array_equal(got[k], expected[k])
 
 
-def test_fine_tuning_makes_greedy_answers_right(dialogue_dir, make_config, workdir):
-  """The "count" dialogues ask for a word's length (3 to 6 letters): a random model's greedy
-  answer is right by chance with odds near 1 in 256^3 (digit, <|end|>, newline)."""
-  config = sft_config(make_config, dialogue_dir, **{"steps": 120, "batch_size": 8,
-                                                    "optim.lr": 3e-3, "optim.warmup_steps": 10})
+def test_the_tiny_sft_config_makes_greedy_answers_right(dialogue_dir, make_config, workdir):
+  """configs/sft_tiny.py, from a fresh model the size of the other tests' on the "count"
+  dialogues (a word's length, 3 to 6 letters). A random model's greedy answer is right by
+  chance with odds near 1 in 256^3 (digit, <|end|>, newline): before must be 0."""
+  tiny = make_config()
+  config = sft_tiny.get_config()
+  config.update_from_flattened_dict({
+      "init_from": "", "data.path": str(dialogue_dir), "seq_len": SEQ_LEN, "steps": 120,
+      "batch_size": 8, "eval_every": 0, "checkpoint_every": 0, "optim.lr": 3e-3,
+      "optim.warmup_steps": 10, "compilation_cache_dir": "", "model.max_len": SEQ_LEN,
+      **{f"model.{k}": tiny.model[k] for k in ("num_layers", "d_model", "d_ff")},
+      **{f"tracking.{k}": tiny.tracking[k] for k in ("tensorboard", "progress")}})
+  config.lock()
   task = SftTask(config)
   params = nn.meta.unbox(task.init(jax.random.key(0), next(task.eval_data(1, 1)))["params"])
   eval_sums = jax.jit(task.eval_sums)

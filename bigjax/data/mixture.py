@@ -3,11 +3,10 @@
     --config.data.source=shards --config.data.mixture=runs/web:0.7,runs/code:0.3
 
 Each component's windows are shuffled on their own (seed + component number) and the components
-are interleaved by grain's `MapDataset.mix`, which places them in a fixed pattern: in every
-prefix of the sequence each component's count is within two windows of its weight's share. So the mix is
-deterministic from the seed, a resumed run continues it exactly (the position is the batch
-number, as for one stream), and the share of each component in any run of batches matches its
-weight. A component smaller than its share of the run is simply repeated more often.
+are interleaved by grain's `MapDataset.mix` in a fixed pattern: in every prefix of the sequence
+each component's count is within two windows of its weight's share. So the mix is deterministic
+from the seed, a resumed run continues it exactly (the position is the batch number, as for one
+stream), and the share of each component in any run of batches matches its weight. A component smaller than its share of the run is simply repeated more often.
 """
 
 import functools

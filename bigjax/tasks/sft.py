@@ -58,6 +58,7 @@ class SftTask(TransformerTask):
         raise ConfigError(f"data.path={d.path!r} holds no {split} conversations")
     self.model_cfg = TransformerConfig.from_config(config, self.tokenizer.vocab_size)
     self.model = gpt.Decoder(self.model_cfg)
+    self._replicated_eval_sums = jax.jit(self.eval_sums)  # `finish`'s, compiled once for both
 
   # The loop's interface.
 
@@ -145,7 +146,7 @@ class SftTask(TransformerTask):
     """"E of N held-out conversations (P%)", every process computing all of it (its inputs are
     the same on every process, so they may be replicated)."""
     rows, batch_rows = self._eval_rows(), 8
-    eval_sums = jax.jit(self.eval_sums)
+    eval_sums = self._replicated_eval_sums
     exact = total = 0
     for first in range(0, len(rows), batch_rows):
       batch = pipeline.stack([self._eval_row(rows, i)
