@@ -98,3 +98,4 @@ def test_hugging_face_datasets_from_disk_and_from_jsonl(no_network, tmp_path, ma
   with pytest.raises(ConfigError, match="has no column 'text' \\(columns: body\\)"):
     LanguageModelTask(make_config(**{"data.source": "hf", "data.path": str(lines),
                                      "seq_len": SEQ_LEN}))
+

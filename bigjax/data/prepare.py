@@ -329,12 +329,15 @@ def _write_shards(out, units, todo, settings, workers, progress) -> dict[int, di
     # tokenizers and file writes only, never JAX. Spawn where fork does not exist.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    try:
       futures = {pool.submit(write_shard, out, i, units[i], settings): i for i in todo}
       for future in concurrent.futures.as_completed(futures):
         i = futures[future]
-        entries[i] = future.result()
+        entries[i] = future.result()  # a worker's error (a bad input line) is raised here
         bar.update(units[i]["bytes"])
+    finally:
+      pool.shutdown(cancel_futures=True)  # on an error, shards not yet started are not begun
   return entries
 
 

@@ -15,6 +15,8 @@ which greedy decoding, given each turn's history, writes every answer as the ref
 run ends with that share before (the `init_from` model) and after, and a few greedy answers.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -43,9 +45,9 @@ class SftTask(TransformerTask):
     if not d.chat_template:
       raise ConfigError("task=sft renders conversations with data.chat_template: set it to "
                         "'plain' (byte-level runs) or a Jinja template")
-    if d.tokenizer == "sentencepiece" and not d.tokenizer_path:
-      raise ConfigError("task=sft with data.tokenizer='sentencepiece' needs data.tokenizer_path "
-                        "(the pretrained run's tokenizer)")
+    if d.tokenizer == "sentencepiece" and not os.path.exists(d.tokenizer_path):
+      raise ConfigError(f"task=sft reads the pretrained run's SentencePiece model: "
+                        f"data.tokenizer_path={d.tokenizer_path!r} does not exist")
     super().__init__(config, process_index, process_count)
     self.throughput_unit = ("tokens", config.seq_len)
     self.tokenizer = make_tokenizer(config)
