@@ -22,8 +22,8 @@ from absl import app, flags  # noqa: E402
 
 import bench  # noqa: E402  (scripts/bench.py: the train step as training runs it, and --config)
 
-flags.FLAGS.set_default("config", "configs/gpt2.py:small")
 flags.FLAGS.set_default("steps", 2)  # a GPT-2 small step takes seconds on a CPU
+DEFAULT_CONFIG = "configs/gpt2.py:small"  # given as a flag: a config flag keeps its default
 flags.DEFINE_integer("batch_size", 16, "global batch (the config's own is overridden)")
 flags.DEFINE_integer("batches", 50, "batches timed per pipeline setting")
 flags.DEFINE_list("workers", ["0", "2"], "data.workers settings to time")
@@ -72,4 +72,6 @@ def main(argv) -> None:
 if __name__ == "__main__":
   from bigjax import cli
 
+  if not any(arg.startswith("--config=") for arg in sys.argv[1:]):
+    sys.argv.insert(1, f"--config={DEFAULT_CONFIG}")
   app.run(main, flags_parser=cli.parse_flags)
