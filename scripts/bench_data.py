@@ -8,7 +8,9 @@ the loop receives them on the host), once per value of `--workers` (data.workers
 threads in this process), then the config's real train step (scripts/bench.py's, `--steps`
 steps), and prints both rates in tokens per second with their ratio: the pipeline must stay far
 ahead of the step (10x is the project's bar) or the accelerator waits for data. The default
-shape is GPT-2 small, batch 16 x 1024 tokens. `--step=False` times the pipeline alone.
+shape is GPT-2 small, batch 16 x 1024 tokens. `--step=False` times the pipeline alone. A CPU
+host without the memory for GPT-2 small's step at batch 16 times it at a smaller batch
+(`--step_batch_size=2 --config.model.remat=full`); tokens/s hardly depends on the batch there.
 """
 
 import json
@@ -20,14 +22,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+# GPT-2 small unless --config says otherwise. Given as a flag, before scripts/bench.py defines
+# --config: config_flags reads the command line's overrides when the flag is defined.
+if not any(arg.startswith("--config=") for arg in sys.argv[1:]):
+  sys.argv.insert(1, "--config=configs/gpt2.py:small")
+
 import bench  # noqa: E402  (scripts/bench.py: the train step as training runs it, and --config)
 
 flags.FLAGS.set_default("steps", 2)  # a GPT-2 small step takes seconds on a CPU
-DEFAULT_CONFIG = "configs/gpt2.py:small"  # given as a flag: a config flag keeps its default
 flags.DEFINE_integer("batch_size", 16, "global batch (the config's own is overridden)")
 flags.DEFINE_integer("batches", 50, "batches timed per pipeline setting")
 flags.DEFINE_list("workers", ["0", "2"], "data.workers settings to time")
 flags.DEFINE_bool("step", True, "also time the train step (compiles the model)")
+flags.DEFINE_integer("step_batch_size", 0, "the train step's global batch (0 = --batch_size); "
+                     "a host without the memory for the step at full batch times a smaller one")
 
 
 def pipeline_tokens_per_second(config, batches: int) -> float:
@@ -62,8 +70,10 @@ def main(argv) -> None:
     result[f"pipeline_tokens_per_sec_workers_{workers}"] = round(rate)
   if flags.FLAGS.step:
     config.data.workers = 0
+    config.batch_size = flags.FLAGS.step_batch_size or config.batch_size
     step = step_tokens_per_second(config, flags.FLAGS.steps)
-    result["train_step_tokens_per_sec"] = round(step, 1)
+    result["train_step"] = {"batch_size": config.batch_size, "remat": config.model.remat,
+                            "tokens_per_sec": round(step, 1)}
     slowest = min(v for k, v in result.items() if k.startswith("pipeline_"))
     result["pipeline_over_step"] = round(slowest / step, 1)
   print(json.dumps(result))
@@ -72,6 +82,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
   from bigjax import cli
 
-  if not any(arg.startswith("--config=") for arg in sys.argv[1:]):
-    sys.argv.insert(1, f"--config={DEFAULT_CONFIG}")
   app.run(main, flags_parser=cli.parse_flags)

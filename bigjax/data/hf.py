@@ -62,12 +62,11 @@ def rows(data: ml_collections.ConfigDict, split: str):
   return loaded.select(range(cut) if split == "train" else range(cut, len(loaded)))
 
 
-def check(data: ml_collections.ConfigDict, field: str | None = None) -> None:
-  """Fails clearly when the dataset cannot be opened or lacks the `field` column."""
-  field = data.field if field is None else field
+def check(data: ml_collections.ConfigDict) -> None:
+  """Fails clearly when the dataset cannot be opened or lacks the `data.field` column."""
   train = rows(data, "train")
-  if field and field not in train.column_names:
-    raise ConfigError(f"data.path={data.path!r} has no column {field!r} (columns: "
+  if data.field not in train.column_names:
+    raise ConfigError(f"data.path={data.path!r} has no column {data.field!r} (columns: "
                       f"{', '.join(train.column_names)}); set data.field")
   if not len(train):
     raise ConfigError(f"data.path={data.path!r} holds no training rows")

@@ -3,10 +3,11 @@
 Every task's input is a function of a *global position*: position g of an endless sequence of
 example indices (`shuffled`: every index once per epoch, in a new order each epoch). Global batch
 b holds positions [b*G, (b+1)*G), and process p reads rows [p*R, (p+1)*R) of it, R = G/P: the
-rows its devices hold, since the mesh lays the batch out over devices in process order. So the
-global batch at step b depends on the data and the seed alone, never on the number of processes,
-and the iterator's checkpointed state is the batch number: a job restarted on another number of
-processes (an elastic restart) continues the same sequence, and each process reads only its rows.
+rows its devices hold, as the mesh lays the batch out over devices in process order
+(tests/test_data_processes.py checks it with two processes). So the global batch at step b
+depends on the data and the seed alone, never on the number of processes, and the iterator's
+checkpointed state is the batch number: a job restarted on another number of processes (an
+elastic restart) continues the same sequence, and each process reads only its rows.
 
 Randomness an example needs (BERT's masks) comes from a generator seeded by (seed, position):
 every epoch draws anew, and a resumed run draws what the uninterrupted one would have.
