@@ -14,7 +14,6 @@ import numpy as np
 from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
 from bigjax.data import sources
-from bigjax.data.lm import TokenWindows
 from bigjax.data.tokenizers import SpecialTokens
 
 # Standard-library packages whose sources the offline classifier tells apart: each has its own
@@ -56,7 +55,7 @@ def stdlib_family_snippets(split: str, tokenizer, seq_len: int, val_fraction: fl
              and sources.is_validation(str(f.relative_to(root)), val_fraction)
              == (split == "validation")]
     docs = [f.read_text("utf-8", errors="replace") for f in files]
-    chunks = TokenWindows(lm_data.pack(docs, tokenizer), seq_len - 2, overlap=0)
+    chunks = lm_data.TokenWindows(lm_data.pack(docs, tokenizer), seq_len - 2, overlap=0)
     if not len(chunks):
       raise ConfigError(f"stdlib family {family!r} has no {split} text; lower seq_len or "
                         f"change data.val_fraction")
