@@ -50,16 +50,19 @@ def test_text_shards_hold_the_packed_documents(text_dir, texts, tmp_path):
     np.testing.assert_array_equal(stream[start:stop], expected[start:stop])
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_jsonl_and_parquet_rows_are_documents(texts, tmp_path, fmt):
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
+def test_jsonl_parquet_and_dataset_rows_are_documents(texts, tmp_path, fmt):
   rows = [{"text": t, "id": i} for i, t in enumerate(texts)]
   path = tmp_path / f"docs.{fmt}"
   if fmt == "jsonl":
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n", encoding="utf-8")
-  else:
+  elif fmt == "parquet":
     import pyarrow as pa
     import pyarrow.parquet as pq
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
+  else:
+    import datasets
+    datasets.Dataset.from_list(rows).save_to_disk(str(path))
   out = tmp_path / "out"
   prepare.prepare([str(path)], str(out), "byte", fmt=fmt, **SMALL)
   stream = shards.ShardStream(str(out))

@@ -11,6 +11,7 @@ Splits: the dataset's own "validation" (or else "test") split when it has one, w
 training; otherwise the last `data.val_fraction` of the rows is held out.
 """
 
+import functools
 import glob
 import os
 
@@ -43,6 +44,18 @@ def _load(path: str):
     raise ConfigError(f"data.path={path!r} is neither a save_to_disk directory nor JSONL, JSON or "
                       f"Parquet files of one kind")
   return datasets.load_dataset(builders.pop(), data_files=files)
+
+
+@functools.cache
+def training_rows(path: str):
+  """The dataset at `path`, its "train" split if it has splits: what `prepare --format=hf`
+  tokenizes (opened once per process; the Arrow table is memory-mapped, not read)."""
+  import datasets
+
+  loaded = _load(path)
+  if isinstance(loaded, datasets.DatasetDict):
+    return loaded["train"] if "train" in loaded else loaded[next(iter(loaded))]
+  return loaded
 
 
 def rows(data: ml_collections.ConfigDict, split: str):

@@ -1,17 +1,18 @@
 """Tokenize a corpus once into ArrayRecord shards of token ids; train from them forever after.
 
     python -m bigjax.data.prepare --input=FILES_OR_DIRS --out=DIR --tokenizer=byte|MODEL_FILE \
-        [--format=text|jsonl|parquet] [--field=text] [--workers=N] [--shard_mb=64]
+        [--format=text|jsonl|parquet|hf] [--field=text] [--workers=N] [--shard_mb=64]
 
 Then train with `--config.data.source=shards --config.data.path=DIR` (bigjax.data.shards).
 
 What a document is: a whole file (text, as data.source="text" reads it), one line's `--field`
-(jsonl), one row's `--field` column (parquet). Documents are tokenized and joined with the
-tokenizer's end-of-document id into one token stream, which the shards hold in order, cut into
-records of `--record_tokens` ids. Training cuts that stream into windows of any seq_len.
+(jsonl), one row's `--field` column (parquet; hf: a local Hugging Face dataset, a save_to_disk
+directory or files `datasets` reads, its train split). Documents are tokenized and joined with
+the tokenizer's end-of-document id into one token stream, which the shards hold in order, cut
+into records of `--record_tokens` ids. Training cuts that stream into windows of any seq_len.
 
 The input is first cut into units of about `--shard_mb` MB (a large text or JSONL file at line
-boundaries, a Parquet file by row groups); each unit becomes one shard, written by one of
+boundaries, a Parquet file by row groups, a dataset by rows); each unit becomes one shard, written by one of
 `--workers` processes. A shard's content depends only on its unit, so the output is the same for
 any number of workers. A shard is written to a temporary name and renamed once complete, then its
 entry (tokens, documents, sha256) is recorded in DIR/.prepare/; a rerun after an interruption
@@ -34,12 +35,12 @@ from typing import Iterator
 import numpy as np
 
 from bigjax.config_checks import ConfigError
-from bigjax.data import jsonl, tokenizers
+from bigjax.data import hf, jsonl, tokenizers
 from bigjax.data.lm import token_dtype
 
 MANIFEST = "manifest.json"
 PROGRESS = ".prepare"  # the plan and each finished shard's entry, while and after preparing
-FORMATS = ("text", "jsonl", "parquet")
+FORMATS = ("text", "jsonl", "parquet", "hf")
 FORMAT_VERSION = 1
 
 
@@ -58,11 +59,14 @@ class Settings:
 
 def input_files(inputs: list[str], fmt: str) -> list[str]:
   """Every file named, or found below a named directory (text: any file; jsonl: *.jsonl and
-  *.json; parquet: *.parquet), sorted; a name that matches nothing is an error."""
-  suffixes = {"text": ("",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}[fmt]
+  *.json; parquet: *.parquet), sorted; a name that matches nothing is an error. For hf, each
+  name is one dataset (a save_to_disk directory, or files `datasets` reads)."""
+  suffixes = {"text": ("",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}.get(fmt)
   files = []
   for name in inputs:
-    if os.path.isdir(name):
+    if fmt == "hf" and os.path.exists(name):
+      files.append(name)
+    elif os.path.isdir(name):
       found = (p for p in glob.glob(os.path.join(name, "**", "*"), recursive=True)
                if os.path.isfile(p) and p.endswith(suffixes))
       files += sorted(found)
@@ -88,7 +92,13 @@ def _line_cuts(path: str, size: int, target: int) -> list[int]:
 
 def _pieces(path: str, fmt: str, target: int) -> list[tuple[list, int]]:
   """[([path, start, stop], input bytes)]: byte ranges for text and JSONL, row groups for
-  Parquet."""
+  Parquet, row ranges of about `target` bytes for a Hugging Face dataset."""
+  if fmt == "hf":
+    rows = hf.training_rows(path)
+    bytes_per_row = max(1, rows.data.nbytes // max(1, len(rows)))
+    step = max(1, target // bytes_per_row)
+    return [([path, a, min(a + step, len(rows))], (min(a + step, len(rows)) - a) * bytes_per_row)
+            for a in range(0, len(rows), step)]
   if fmt == "parquet":
     import pyarrow.parquet as pq
 
@@ -153,6 +163,17 @@ def _parquet_documents(path: str, group: int, field: str) -> Iterator[str]:
     yield text
 
 
+def _hf_documents(path: str, start: int, stop: int, field: str) -> Iterator[str]:
+  rows = hf.training_rows(path)
+  if field not in rows.column_names:
+    raise ConfigError(f"{path}: no column {field!r} (columns: {', '.join(rows.column_names)}); "
+                      f"set --field")
+  for i, text in enumerate(rows[start:stop][field], start=start):
+    if not isinstance(text, str):
+      raise ConfigError(f"{path}: row {i}'s {field!r} is {type(text).__name__}, not text")
+    yield text
+
+
 def documents(piece: list, fmt: str, field: str) -> Iterator[tuple[str, bool]]:
   """(text, whether it ends a document) for each document or part of one in a piece."""
   path, start, stop = piece
@@ -163,6 +184,8 @@ def documents(piece: list, fmt: str, field: str) -> Iterator[tuple[str, bool]]:
     yield text, stop == os.path.getsize(path)  # a large file's earlier pieces continue it
   elif fmt == "jsonl":
     yield from ((text, True) for text in _jsonl_documents(path, start, stop, field))
+  elif fmt == "hf":
+    yield from ((text, True) for text in _hf_documents(path, start, stop, field))
   else:
     yield from ((text, True) for text in _parquet_documents(path, start, field))
 
@@ -378,7 +401,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", None, "directory for the shards and manifest.json")
   flags.DEFINE_string("tokenizer", "byte", '"byte" or a SentencePiece model file')
   flags.DEFINE_enum("format", "text", FORMATS, "text: a file is a document; jsonl: a line; "
-                    "parquet: a row")
+                    "parquet: a row; hf: a row of a local Hugging Face dataset")
   flags.DEFINE_string("field", "text", "the text field (jsonl) or column (parquet)")
   flags.DEFINE_integer("workers", 1, "processes tokenizing shards at once")
   flags.DEFINE_float("shard_mb", 64, "input per shard, in MB")
