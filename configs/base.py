@@ -59,8 +59,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.heartbeat_seconds = 60  # a process whose peer is silent this long stops
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "stdlib"  # "stdlib" (Python's sources), "text" (file/dir), "sklearn", "synthetic", "tfds"
-  c.data.path = ""  # text file or directory for source="text"
+  # "stdlib" (Python's own sources, no download), "text" (file or dir), "tfds", "sklearn",
+  # "synthetic", "shards" (prepared by bigjax.data.prepare), "hf" (a local Hugging Face dataset),
+  # "jsonl" (chat)
+  c.data.source = "stdlib"
+  c.data.path = ""  # file or directory: text, prepared shards, a Hugging Face dataset, JSONL conversations
+  c.data.mixture = ""  # source="shards": "DIR:WEIGHT,DIR:WEIGHT" mixes prepared corpora by weight ("" = data.path alone)
+  c.data.field = "text"  # source="hf": the column holding each document's text
+  c.data.workers = 0  # processes building training batches (0 = threads of the training process)
   # sklearn: "digits", "diabetes"; synthetic (seq2seq): "reverse", "sort", "addition"; tfds:
   # "tiny_shakespeare", "lm1b" (lm, mlm), "mnist", "fashion_mnist" (images), "imdb_reviews"
   # (text_classify), "wmt14_translate/de-en", "wmt_t2t_translate/de-en" (seq2seq)

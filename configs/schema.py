@@ -99,7 +99,12 @@ SCHEMA = {
     "distributed.process_id": Integer(min=0, also=(-1,)),
     "distributed.heartbeat_seconds": Integer(min=1),
 
-    "data.source": Choice(("stdlib", "text", "tfds", "sklearn", "synthetic")),
+    "data.source": Choice(("stdlib", "text", "tfds", "sklearn", "synthetic", "hf", "shards",
+                           "jsonl")),
+    "data.mixture": Text(pattern=r"|[^,:]+:[0-9.eE+-]+(,[^,:]+:[0-9.eE+-]+)*",
+                         example="runs/web:0.7,runs/code:0.3", bad="runs/web"),
+    "data.field": Text(pattern=r".+", example="text", bad=""),
+    "data.workers": Integer(min=0),
     "data.path": Path(must_exist=True),
     "data.class_names": Custom(_class_names, bad=("pos", ("pos", ""), (1, 2))),
     "data.name": Text(),  # each task checks the names it reads

@@ -83,3 +83,34 @@ def test_auto_is_blockwise_on_cpu_and_trains_the_same_model():
   full_scores, block_scores = "x13x13xf32>", "x4x4xf32>"
   assert full_scores in hlo("xla") and full_scores not in hlo("auto")
   assert block_scores in hlo("auto")
+
+
+def segments(B, L):
+  """Segment ids of packed rows: runs of 1, 2, 3 ... of random lengths, then 0s (padding)."""
+  rng = np.random.default_rng(L)
+  ids = np.zeros((B, L), np.int32)
+  for b in range(B):
+    cuts = np.sort(rng.choice(np.arange(1, L - 2), size=3, replace=False))
+    for segment, (start, stop) in enumerate(zip([0, *cuts], [*cuts, L - 2]), start=1):
+      ids[b, start:stop] = segment
+  return jnp.asarray(ids)
+
+
+@pytest.mark.parametrize("L, block_len, H, G", [(24, 8, 4, 2), (10, 3, 4, 1)],
+                         ids=["gqa_3_blocks", "mqa_4_blocks"])
+def test_blockwise_with_segments_matches_xla_with_a_segment_mask(L, block_len, H, G):
+  """Packed rows: a query sees earlier keys of its own segment only, in values and gradients."""
+  q, k, v = qkv(L, H, G)
+  segment_ids_BxL = segments(q.shape[0], L)
+  same_Bx1xLxL = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
+  masked = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=same_Bx1xLxL,
+                                                        is_causal=True, implementation="xla")
+  blockwise = lambda q, k, v: causal_attention(q, k, v, block_len, segment_ids_BxL)
+  np.testing.assert_allclose(blockwise(q, k, v), masked(q, k, v), rtol=1e-5, atol=1e-5)
+  # The mask matters: without it the first query of segment 2 would see segment 1's keys.
+  assert not np.allclose(causal_attention(q, k, v, block_len), masked(q, k, v), atol=1e-3)
+  value, grads = value_and_grads(blockwise, q, k, v)
+  ref_value, ref_grads = value_and_grads(masked, q, k, v)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5, atol=1e-4)
+  for g, ref in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5)

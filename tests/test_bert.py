@@ -10,14 +10,15 @@ import pytest
 
 from bigjax import finetune
 from bigjax.config_checks import ConfigError
-from bigjax.data import text_tasks
+from bigjax.data import mlm as mlm_data
+from bigjax.data.tokenizers import SpecialTokens
 from bigjax.models import bert
 from bigjax.models.layers import TransformerConfig
 from bigjax.tasks.mlm import MaskedLanguageModelTask
 from bigjax.tasks.text_classify import TextClassificationTask
 from bigjax.train import train_and_evaluate
 
-SPECIAL = text_tasks.SpecialTokens(256)
+SPECIAL = SpecialTokens(256)
 
 
 def mlm_config(make_config, **overrides):
@@ -29,7 +30,7 @@ def test_masking_proportions():
   tokens_L = rng.integers(1, 256, size=100_000).astype(np.int32)
   maskable_L = np.ones_like(tokens_L, bool)
   maskable_L[:10] = False  # e.g. [CLS]: never chosen
-  inputs_L, weights_L = text_tasks.mask_tokens(tokens_L, maskable_L, rng, SPECIAL, 0.15)
+  inputs_L, weights_L = mlm_data.mask_tokens(tokens_L, maskable_L, rng, SPECIAL, 0.15)
   chosen = weights_L == 1
   assert chosen.sum() == round(0.15 * maskable_L.sum()) and not chosen[:10].any()
   assert (inputs_L[~chosen] == tokens_L[~chosen]).all()  # unchosen positions are untouched

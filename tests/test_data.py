@@ -4,10 +4,9 @@ import pathlib
 import sysconfig
 
 import numpy as np
-import pytest
 
 from bigjax.data import lm as lm_data
-from bigjax.data import sources
+from bigjax.data import pipeline, sources
 from bigjax.data.tokenizers import ByteTokenizer
 from bigjax.tasks import lm as lm_task
 from configs import base
@@ -35,7 +34,7 @@ def test_pack_separates_documents_with_eos_and_keeps_every_token():
 def test_windows_targets_are_inputs_shifted_by_one():
   windows = lm_data.TokenWindows(np.arange(103, dtype=np.uint16), seq_len=10)
   assert len(windows) == 10  # 103 tokens hold 10 windows of 10 inputs plus one target
-  batch = lm_data.as_batch(np.stack([windows[i] for i in range(len(windows))]))
+  batch = lm_data.as_example(np.stack([windows[i] for i in range(len(windows))]))
   assert batch["inputs"].shape == batch["targets"].shape == (10, 10)
   np.testing.assert_array_equal(batch["targets"], batch["inputs"] + 1)
   # Windows tile the stream: every token is an input exactly once.
@@ -46,44 +45,32 @@ def _window_ids(batch, seq_len):
   return tuple(batch["inputs"][:, 0] // seq_len)
 
 
+def _train_dataset(windows, batch_size, seed):
+  read = lambda i, rng: lm_data.as_example(windows[i])
+  return pipeline.train_batches(pipeline.shuffled(len(windows), seed), read, batch_size, seed)
+
+
 def test_train_dataset_is_seeded_reshuffled_each_epoch_and_resumable():
   seq_len, batch_size, num_windows = 4, 4, 12
   windows = lm_data.TokenWindows(np.arange(num_windows * seq_len + 1), seq_len)
   first = lambda ds, n: [_window_ids(b, seq_len) for b, _ in zip(ds, range(n))]
 
-  run = first(lm_data.train_dataset(windows, batch_size, seed=0), 9)  # three epochs of 3 batches
-  assert run == first(lm_data.train_dataset(windows, batch_size, seed=0), 9)
-  assert run != first(lm_data.train_dataset(windows, batch_size, seed=1), 9)
+  run = first(_train_dataset(windows, batch_size, seed=0), 9)  # three epochs of 3 batches
+  assert run == first(_train_dataset(windows, batch_size, seed=0), 9)
+  assert run != first(_train_dataset(windows, batch_size, seed=1), 9)
   epochs = [sum(run[3 * e:3 * e + 3], ()) for e in range(3)]
   for epoch in epochs:  # each epoch visits every window once
     assert sorted(epoch) == list(range(num_windows))
   assert epochs[0] != epochs[1] != epochs[2]
 
-  it = iter(lm_data.train_dataset(windows, batch_size, seed=0))
+  it = iter(_train_dataset(windows, batch_size, seed=0))
   for _ in range(4):
     next(it)
   state = it.get_state()
   expected = [_window_ids(next(it), seq_len) for _ in range(3)]
-  resumed = iter(lm_data.train_dataset(windows, batch_size, seed=0))
+  resumed = iter(_train_dataset(windows, batch_size, seed=0))
   resumed.set_state(state)
   assert [_window_ids(next(resumed), seq_len) for _ in range(3)] == expected == run[4:7]
-
-
-@pytest.mark.parametrize("count", [2, 3, 5])
-def test_process_share_is_disjoint_and_complete(count):
-  docs = [f"doc{i}" for i in range(11)]
-  shares = [sources.process_share(docs, i, count) for i in range(count)]
-  assert sorted(sum(shares, [])) == sorted(docs)
-  assert all(shares)
-
-  # Fewer documents than processes: each document is cut into one slice per process.
-  for corpus in (["x" * 101], ["abcdefghij" * 7, "0123456789"]):
-    if len(corpus) >= count:
-      continue
-    slices = [sources.process_share(corpus, i, count) for i in range(count)]
-    for d, doc in enumerate(corpus):
-      assert "".join(s[d] for s in slices) == doc
-      assert all(s[d] for s in slices)  # every process gets some text
 
 
 def test_stdlib_split_is_stable_and_disjoint():
@@ -95,12 +82,10 @@ def test_stdlib_split_is_stable_and_disjoint():
   assert train and val and 0.05 < len(val) / len(files) < 0.15
 
   data = base.get_config().data
-  # Process 3 of 16 reads 1/16 of the files: fast, and checks the share is of the split's files.
-  docs = sources.documents(data, "validation", 3, 16)
-  assert docs == sources.documents(data, "validation", 3, 16)
+  docs = sources.documents(data, "validation")
+  assert docs == sources.documents(data, "validation")
   read = lambda files: [f.read_text(encoding="utf-8", errors="replace") for f in files]
-  assert docs == read(sorted(val)[3::16])
-  assert sources.documents(data, "train", 3, 16) == read(sorted(train)[3::16])
+  assert docs == read(sorted(val))
 
 
 def test_text_source_holds_out_the_end_of_each_file(tmp_path):
@@ -122,8 +107,6 @@ def test_tfds_source_reads_mock_data_without_downloading(no_network, make_config
   with tfds.testing.mock_data(num_examples=40):
     docs = sources.documents(config.data, "train")
     assert len(docs) == 40 and all(isinstance(d, str) and d for d in docs)
-    halves = [sources.documents(config.data, "train", i, 2) for i in range(2)]
-    assert sorted(halves[0] + halves[1]) == sorted(docs)
     # The whole task reads it too: packed into windows and batched by grain.
     task = lm_task.LanguageModelTask(config)
     batch = next(iter(task.train_data(2, seed=0)))

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from bigjax.config_checks import ConfigError, check_config
-from bigjax.data import text_tasks
+from bigjax.data import seq2seq as pairs_data
+from bigjax.data.tokenizers import SpecialTokens
 from bigjax.models import seq2seq
 from bigjax.models.layers import TransformerConfig
 from bigjax.tasks.seq2seq import Seq2SeqTask
 from bigjax.train import train_and_evaluate
 from configs import base, wmt14_de_en
 
-SPECIAL = text_tasks.SpecialTokens(256)
+SPECIAL = SpecialTokens(256)
 CFG = TransformerConfig(vocab_size=SPECIAL.vocab_size, num_layers=2, num_heads=2, num_kv_heads=2,
                         d_model=16, d_ff=32, max_len=8)
 MODEL = seq2seq.EncoderDecoder(CFG, SPECIAL.pad)
@@ -181,5 +182,5 @@ def test_wmt_config_sets_only_known_keys_and_checks_out(variant):
   known.lock()
   known.update(config)  # a misspelt key would be a new key, which a locked config refuses
   check_config(config, num_devices=8)
-  assert config.data.name in text_tasks.TFDS_TRANSLATION_DATASETS
+  assert config.data.name in pairs_data.TFDS_TRANSLATION_DATASETS
   assert config.seq_len <= config.model.max_len

@@ -8,10 +8,10 @@ Sources (`data.source` / `data.name`):
 scikit-learn's sets have no test split: a stratified (digits) or plain (diabetes) split, fixed by
 a constant seed, holds out `data.val_fraction` of the examples, the same on every machine.
 
-Every example is a dict of arrays with a `weight` of 1. Each process reads its own share (every
-P-th example). Training batches are shuffled by grain, differently every epoch, and the grain
-iterator's state goes into every checkpoint. Evaluation covers the whole test split: the last
-batch is filled with weight-0 padding rows, so every test example counts exactly once.
+Every example is a dict of arrays with a `weight` of 1. Training batches go through the one
+pipeline (bigjax.data.pipeline): shuffled anew every epoch, each process reading its rows of
+every global batch. Evaluation covers the whole test split, each process every P-th example: the
+last batch is filled with weight-0 padding rows, so every test example counts exactly once.
 """
 
 from typing import Iterator
@@ -92,17 +92,6 @@ def examples(data: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
     return grain.MapDataset.source(_sklearn(data.name, split, data.val_fraction))
   source = tfds_source.data_source(data.name, split, data.tfds_dir)
   return grain.MapDataset.source(source).map(_tfds_image)
-
-
-def train_dataset(ds: grain.MapDataset, local_batch: int, seed: int, process_index: int,
-                  process_count: int) -> grain.IterDataset:
-  """Endless shuffled batches of this process's share; reshuffled each epoch."""
-  share = ds[process_index::process_count]
-  if len(share) < local_batch:
-    raise ConfigError(f"{len(share)} training examples per process are fewer than the "
-                      f"{local_batch} rows of a batch; lower batch_size")
-  share = share.shuffle(seed=seed).repeat()
-  return share.batch(local_batch, drop_remainder=True).to_iter_dataset()
 
 
 def eval_batches(ds: grain.MapDataset, local_batch: int, process_index: int,

@@ -1,8 +1,9 @@
-"""Where documents come from: Python's own sources, text files, or tfds.
+"""Where documents come from: Python's own sources, text files, tfds, or a local Hugging Face
+dataset; read whole into memory, for corpora that fit (prepared shards are the way for larger
+ones: bigjax.data.prepare, bigjax.data.shards).
 
-A source returns the documents of one split that one process reads: each process reads only its
-share (every P-th document, or the P-th slice of a single long document), so no two processes
-train on the same text and no process reads what it does not use.
+Every process reads the whole split, so any process can read any row of a global batch (the rows
+of a batch depend on its number, not on the number of processes: bigjax.data.pipeline).
 """
 
 import codecs
@@ -10,14 +11,15 @@ import os
 import pathlib
 import sysconfig
 import zlib
-from typing import Sequence
 
 import ml_collections
 
 from bigjax.config_checks import ConfigError
-from bigjax.data import tfds_source
+from bigjax.data import hf, tfds_source
 
 TFDS_TEXT_DATASETS = {"tiny_shakespeare": "text", "lm1b": "text"}  # name -> text feature
+# Language-model sources; "shards" streams from disk (bigjax.data.shards), the others are read here.
+TEXT_SOURCES = ("stdlib", "text", "tfds", "hf", "shards")
 
 
 def stdlib_files() -> list[pathlib.Path]:
@@ -31,24 +33,11 @@ def is_validation(name: str, val_fraction: float) -> bool:
   return zlib.crc32(name.encode()) % 10_000 < val_fraction * 10_000
 
 
-def process_share(documents: Sequence[str], process_index: int, process_count: int) -> list[str]:
-  """Every P-th document; a corpus with fewer documents than processes is cut into P slices."""
-  if process_count == 1:
-    return list(documents)
-  if len(documents) >= process_count:
-    return list(documents[process_index::process_count])
-  shares = []
-  for doc in documents:
-    size = -(-len(doc) // process_count)
-    shares.append(doc[process_index * size:(process_index + 1) * size])
-  return shares
-
-
-def _stdlib_documents(split: str, data: ml_collections.ConfigDict, share) -> list[str]:
+def _stdlib_documents(split: str, data: ml_collections.ConfigDict) -> list[str]:
   root = pathlib.Path(sysconfig.get_paths()["stdlib"])
   files = [f for f in stdlib_files()
            if is_validation(str(f.relative_to(root)), data.val_fraction) == (split == "validation")]
-  return [f.read_text(encoding="utf-8", errors="replace") for f in share(files)]
+  return [f.read_text(encoding="utf-8", errors="replace") for f in files]
 
 
 def text_files(path: pathlib.Path) -> list[pathlib.Path]:
@@ -56,43 +45,35 @@ def text_files(path: pathlib.Path) -> list[pathlib.Path]:
   return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
 
 
-def _text_documents(split: str, data: ml_collections.ConfigDict, share) -> list[str]:
+def _text_documents(split: str, data: ml_collections.ConfigDict) -> list[str]:
   """Each file's last `val_fraction` of characters is validation, as nanoGPT splits its text."""
   documents = []
   for text in (f.read_text(encoding="utf-8", errors="replace")
                for f in text_files(pathlib.Path(data.path))):
     cut = int(len(text) * (1 - data.val_fraction))
     documents.append(text[cut:] if split == "validation" else text[:cut])
-  return share(documents)
+  return documents
 
 
-def _tfds_documents(split: str, data: ml_collections.ConfigDict, share,
-                    process_count: int) -> list[str]:
+def _tfds_documents(split: str, data: ml_collections.ConfigDict) -> list[str]:
   feature = TFDS_TEXT_DATASETS[data.name]
   tfds_split = "test" if split == "validation" and data.name == "lm1b" else split
   source = tfds_source.data_source(data.name, tfds_split, data.tfds_dir)
-
-  def decode(record) -> str:
-    text = record[feature]  # bytes as stored; tfds.testing.mock_data hands out str
-    return text.decode("utf-8") if isinstance(text, bytes) else text
-
-  indices = list(range(len(source)))
-  if len(indices) < process_count:  # e.g. tiny_shakespeare: one record per split
-    return share([decode(source[i]) for i in indices])
-  return [decode(source[i]) for i in share(indices)]
+  text = lambda value: value.decode("utf-8") if isinstance(value, bytes) else value  # mock: str
+  return [text(source[i][feature]) for i in range(len(source))]
 
 
-def documents(data: ml_collections.ConfigDict, split: str, process_index: int = 0,
-              process_count: int = 1) -> list[str]:
-  """The `split` ("train" or "validation") documents this process reads."""
-  share = lambda docs: process_share(docs, process_index, process_count)
+def documents(data: ml_collections.ConfigDict, split: str) -> list[str]:
+  """The `split` ("train" or "validation") documents."""
   if data.source == "stdlib":
-    return _stdlib_documents(split, data, share)
+    return _stdlib_documents(split, data)
   if data.source == "text":
-    return _text_documents(split, data, share)
+    return _text_documents(split, data)
   if data.source == "tfds":
-    return _tfds_documents(split, data, share, process_count)
-  raise ConfigError(f"data.source={data.source!r} is unknown; use stdlib, text or tfds")
+    return _tfds_documents(split, data)
+  if data.source == "hf":
+    return hf.texts(data, split)
+  raise ConfigError(f"data.source={data.source!r} is unknown; use {', '.join(TEXT_SOURCES)}")
 
 
 TEXT_CHECK_BYTES = 1 << 20  # the head of each text file checked before training on it
@@ -115,17 +96,26 @@ def check_text_file(path: pathlib.Path) -> None:
 
 def check_source(data: ml_collections.ConfigDict) -> None:
   """Fails before anything is compiled when the configured data cannot be found or read."""
-  if data.source == "text":
+  if data.source not in TEXT_SOURCES:
+    raise ConfigError(f"data.source={data.source!r} is unknown; use {', '.join(TEXT_SOURCES)}")
+  if data.source in ("text", "hf", "shards") and not data.mixture:
     if not data.path:
-      raise ConfigError("data.source='text' needs --config.data.path=FILE_OR_DIR")
+      raise ConfigError(f"data.source={data.source!r} needs --config.data.path")
     if not os.path.exists(data.path):
-      raise ConfigError(f"data.path={data.path!r} does not exist; point it at a text file or dir")
+      raise ConfigError(f"data.path={data.path!r} does not exist")
+  if data.source == "text" and not data.mixture:
     for path in text_files(pathlib.Path(data.path)):
       check_text_file(path)
-  elif data.source == "tfds":
+  if data.mixture and data.source != "shards":
+    raise ConfigError("data.mixture mixes prepared shard directories: set data.source='shards'")
+  if data.source == "tfds":
     if data.name not in TFDS_TEXT_DATASETS:
       raise ConfigError(f"data.name={data.name!r} is not a known text dataset; use one of "
                         f"{', '.join(sorted(TFDS_TEXT_DATASETS))}")
     tfds_source.data_source(data.name, "train", data.tfds_dir)  # prepared, or a one-line error
-  elif data.source != "stdlib":
-    raise ConfigError(f"data.source={data.source!r} is unknown; use stdlib, text or tfds")
+  if data.source == "hf":
+    hf.check(data)
+  if (data.source == "shards" and data.tokenizer == "sentencepiece"
+      and not os.path.exists(data.tokenizer_path)):
+    raise ConfigError("data.source='shards' holds ids of the tokenizer it was prepared with: "
+                      "point data.tokenizer_path at that model file")

@@ -1,9 +1,15 @@
-"""Tokenizers: bytes by default (no file, no training), SentencePiece for real corpora."""
+"""Tokenizers: bytes by default (no file, no training), SentencePiece for real corpora; the
+special ids the encoder tasks add above a tokenizer's own."""
 
+import dataclasses
+import hashlib
+import json
 import os
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
+
+from bigjax.config_checks import ConfigError
 
 
 class Tokenizer(Protocol):
@@ -85,3 +91,61 @@ def sentencepiece(path: str, vocab_size: int,
   if not os.path.exists(path):
     multihost.on_primary(lambda: SentencePieceTokenizer.train(texts(), path, vocab_size))
   return SentencePieceTokenizer(path)
+
+
+def from_spec(spec: str) -> Tokenizer:
+  """"byte", or the path of a SentencePiece model file (what `prepare --tokenizer` takes)."""
+  if spec == "byte":
+    return ByteTokenizer()
+  if not os.path.isfile(spec):
+    raise ConfigError(f"tokenizer {spec!r} is neither 'byte' nor a SentencePiece model file")
+  return SentencePieceTokenizer(spec)
+
+
+# Text whose encoding joins the fingerprint: two tokenizers that split it differently differ.
+_PROBE = "def f(x):\n    return x  # naïve café, 12345 ✓\n"
+
+
+def fingerprint(tokenizer: Tokenizer) -> str:
+  """A short hash of what the tokenizer does (its vocabulary, end id and a sample encoding), so
+  token ids written with one tokenizer are never read with another, whatever its file is called."""
+  described = [tokenizer.vocab_size, tokenizer.eos_id, tokenizer.encode(_PROBE).tolist(),
+               [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]]
+  return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+  """[PAD] [BOS] [CLS] [SEP] [MASK], numbered from the first id the tokenizer does not use, so
+  the byte tokenizer keeps ids 0..255 for bytes (0 still ends a document). A BERT WordPiece
+  brings its own [PAD] [CLS] [SEP] [MASK] (bigjax.hf.tokenizer.VocabularySpecialTokens, the same
+  interface)."""
+
+  base_vocab: int
+
+  @property
+  def pad(self) -> int:
+    return self.base_vocab
+
+  @property
+  def bos(self) -> int:  # first decoder input of a seq2seq target
+    return self.base_vocab + 1
+
+  @property
+  def cls(self) -> int:
+    return self.base_vocab + 2
+
+  @property
+  def sep(self) -> int:
+    return self.base_vocab + 3
+
+  @property
+  def mask(self) -> int:
+    return self.base_vocab + 4
+
+  @property
+  def vocab_size(self) -> int:
+    return self.base_vocab + 5
+
+  def is_special(self, tokens: np.ndarray) -> np.ndarray:
+    return tokens >= self.base_vocab

@@ -43,7 +43,7 @@ def _read_json(path: str) -> dict:
 @dataclasses.dataclass(frozen=True)
 class VocabularySpecialTokens:
   """BERT's [PAD] [CLS] [SEP] [MASK], held inside the tokenizer's own vocabulary, with the
-  interface of bigjax.data.text_tasks.SpecialTokens (whose ids sit above the tokenizer's)."""
+  interface of bigjax.data.tokenizers.SpecialTokens (whose ids sit above the tokenizer's)."""
 
   pad: int
   cls: int

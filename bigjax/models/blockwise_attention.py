@@ -15,16 +15,22 @@ This version does less of both:
 
 What it gains for a whole training step is in the README's throughput table, measured with
 `scripts/bench.py --config.model.attention=xla` against the default.
+
+Packed sequences (several examples in one row) pass `segment_ids_BxL`: a query then sees only
+earlier keys of its own segment, so packed examples never attend to each other.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def causal_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, block_len: int = 64):
-  """softmax(Q K^T / sqrt(K) + causal mask) V, with G key/value heads shared by H / G queries."""
+def causal_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, block_len: int = 64,
+                     segment_ids_BxL=None):
+  """softmax(Q K^T / sqrt(K) + causal mask) V, with G key/value heads shared by H / G queries;
+  with `segment_ids_BxL`, the mask also hides keys of other segments."""
   B, L, H, K = q_BxLxHxK.shape
   G = k_BxLxGxK.shape[2]
   R = H // G
@@ -33,7 +39,7 @@ def causal_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, block_len: int = 64):
   q_BxGxLRxK = q_BxLxHxK.reshape(B, L, G, R, K).transpose(0, 2, 1, 3, 4).reshape(B, G, L * R, K)
   k_BxGxLxK = k_BxLxGxK.transpose(0, 2, 1, 3)
   v_BxGxLxK = v_BxLxGxK.transpose(0, 2, 1, 3)
-  out_BxGxLRxK = _attention(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len)
+  out_BxGxLRxK = _attention(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, segment_ids_BxL, R, block_len)
   return out_BxGxLRxK.reshape(B, G, L, R, K).transpose(0, 2, 1, 3, 4).reshape(B, L, H, K)
 
 
@@ -42,25 +48,32 @@ def _blocks(length: int, block_len: int) -> list[tuple[int, int]]:
   return [(first, min(first + block_len, length)) for first in range(0, length, block_len)]
 
 
-def _scores(q_BxGxlRxK, k_BxGxsxK, first: int, R: int):
-  """Scaled scores of the queries from position `first` against keys 0.., future keys at -inf."""
+def _scores(q_BxGxlRxK, k_BxGxsxK, segment_ids_BxL, first: int, R: int):
+  """Scaled scores of the queries from position `first` against keys 0.., future keys (and keys
+  of other segments) at -inf."""
   s_BxGxlRxs = jnp.einsum("bgqk,bgsk->bgqs", q_BxGxlRxK, k_BxGxsxK,
                           preferred_element_type=jnp.float32) / jnp.sqrt(q_BxGxlRxK.shape[-1])
   lR, s = s_BxGxlRxs.shape[-2:]
   position_lR = first + jnp.arange(lR) // R
-  return jnp.where(position_lR[:, None] >= jnp.arange(s)[None, :], s_BxGxlRxs, -jnp.inf)
+  visible_1x1xlRxs = (position_lR[:, None] >= jnp.arange(s)[None, :])[None, None]
+  if segment_ids_BxL is not None:
+    query_segment_BxlR = segment_ids_BxL[:, position_lR]
+    visible_1x1xlRxs = visible_1x1xlRxs & (
+        query_segment_BxlR[:, None, :, None] == segment_ids_BxL[:, None, None, :s])
+  return jnp.where(visible_1x1xlRxs, s_BxGxlRxs, -jnp.inf)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _attention(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len):
-  return _forward(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, segment_ids_BxL, R, block_len):
+  return _forward(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, segment_ids_BxL, R, block_len)[0]
 
 
-def _forward(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len):
+def _forward(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, segment_ids_BxL, R, block_len):
   outs, exps, sums = [], [], []
   for first, end in _blocks(k_BxGxLxK.shape[2], block_len):
-    s_BxGxlRxs = _scores(q_BxGxLRxK[:, :, first * R:end * R], k_BxGxLxK[:, :, :end], first, R)
-    # Every query sees at least itself, so each row's max is finite.
+    s_BxGxlRxs = _scores(q_BxGxLRxK[:, :, first * R:end * R], k_BxGxLxK[:, :, :end],
+                         segment_ids_BxL, first, R)
+    # Every query sees at least itself (its own segment included), so each row's max is finite.
     e_BxGxlRxs = jnp.exp(s_BxGxlRxs - jnp.max(s_BxGxlRxs, axis=-1, keepdims=True))
     sum_BxGxlRx1 = jnp.sum(e_BxGxlRxs, axis=-1, keepdims=True)
     pv_BxGxlRxK = jnp.einsum("bgqs,bgsk->bgqk", e_BxGxlRxs, v_BxGxLxK[:, :, :end],
@@ -69,12 +82,13 @@ def _forward(q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, R, block_len):
     exps.append(e_BxGxlRxs)
     sums.append(sum_BxGxlRx1)
   out_BxGxLRxK = jnp.concatenate(outs, axis=2)
-  residuals = (q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, exps, sums, out_BxGxLRxK)
+  residuals = (q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, segment_ids_BxL, exps, sums, out_BxGxLRxK)
   return out_BxGxLRxK.astype(q_BxGxLRxK.dtype), residuals
 
 
 def _backward(R, block_len, residuals, dout_BxGxLRxK):
-  q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, exps, sums, out_BxGxLRxK = residuals
+  # E already holds zeros where the mask hid a key, so the backward pass needs no mask itself.
+  q_BxGxLRxK, k_BxGxLxK, v_BxGxLxK, segment_ids_BxL, exps, sums, out_BxGxLRxK = residuals
   scale = 1 / jnp.sqrt(q_BxGxLRxK.shape[-1])
   dout_BxGxLRxK = dout_BxGxLRxK.astype(jnp.float32)
   # rowsum(P * dP) for every query, from the output alone: dP = dO V^T, so it is rowsum(dO * O).
@@ -98,8 +112,10 @@ def _backward(R, block_len, residuals, dout_BxGxLRxK):
     dk_BxGxLxK = dk_BxGxLxK.at[:, :, :end].add(
         jnp.einsum("bgqk,bgqs->bgks", q_BxGxLRxK[:, :, rows], ds_BxGxlRxs).swapaxes(2, 3) * scale)
   dq_BxGxLRxK = jnp.concatenate(dq_blocks, axis=2)
+  no_gradient = None if segment_ids_BxL is None else np.zeros(segment_ids_BxL.shape,
+                                                               jax.dtypes.float0)
   return (dq_BxGxLRxK.astype(q_BxGxLRxK.dtype), dk_BxGxLxK.astype(k_BxGxLxK.dtype),
-          dv_BxGxLxK.astype(v_BxGxLxK.dtype))
+          dv_BxGxLxK.astype(v_BxGxLxK.dtype), no_gradient)
 
 
 _attention.defvjp(_forward, _backward)

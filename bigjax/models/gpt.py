@@ -19,12 +19,13 @@ class DecoderBlock(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BxLxD, cache, positions_BxL, cache_index):
+  def __call__(self, x_BxLxD, cache, positions_BxL, cache_index, segment_ids_BxL):
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
     h_BxLxD = layers.norm(cfg, "attn_norm")(x_BxLxD)
     h_BxLxD, cache = layers.Attention(cfg, causal=True, name="attn")(
-        h_BxLxD, positions_BxL, cache=cache, cache_index=cache_index)
+        h_BxLxD, positions_BxL, cache=cache, cache_index=cache_index,
+        segment_ids_BxL=segment_ids_BxL)
     x_BxLxD = x_BxLxD + drop(h_BxLxD)
     h_BxLxD = layers.Mlp(cfg, name="mlp")(layers.norm(cfg, "mlp_norm")(x_BxLxD))
     x_BxLxD = layers.constrain(x_BxLxD + drop(h_BxLxD))
@@ -36,12 +37,15 @@ class Decoder(nn.Module):
 
   With a cache, the tokens are written from `cache_index`: a scalar, or one index per row (rows
   at different lengths, as in batched generation). Positions default to the cache index onwards.
+  Packed rows (several examples per row) pass each token's position within its example and
+  `segment_ids_BxL`, which keeps attention inside each example.
   """
 
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens_BxL, positions_BxL=None, cache=None, cache_index=0, train=False):
+  def __call__(self, tokens_BxL, positions_BxL=None, cache=None, cache_index=0, train=False,
+               segment_ids_BxL=None):
     cfg = self.cfg
     if positions_BxL is None:
       start_Bx1 = jnp.broadcast_to(cache_index, tokens_BxL.shape[:1])[:, None]
@@ -55,15 +59,16 @@ class Decoder(nn.Module):
       x_BxLxD = x_BxLxD + pos_embed(positions_BxL)
     x_BxLxD = layers.constrain(nn.Dropout(cfg.dropout, deterministic=not train)(x_BxLxD))
 
-    block = layers.stack_layers(DecoderBlock, cfg, num_broadcast_args=2)
+    block = layers.stack_layers(DecoderBlock, cfg, num_broadcast_args=3)
     if cfg.scan_layers:
       x_BxLxD, cache = block(cfg, deterministic=not train, name="layers")(
-          x_BxLxD, cache, positions_BxL, cache_index)
+          x_BxLxD, cache, positions_BxL, cache_index, segment_ids_BxL)
     else:
       new_cache = []
       for i in range(cfg.num_layers):
         x_BxLxD, layer_cache = block(cfg, deterministic=not train, name=f"layer_{i}")(
-            x_BxLxD, None if cache is None else cache[i], positions_BxL, cache_index)
+            x_BxLxD, None if cache is None else cache[i], positions_BxL, cache_index,
+            segment_ids_BxL)
         new_cache.append(layer_cache)
       cache = None if cache is None else new_cache
 

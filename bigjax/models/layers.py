@@ -246,6 +246,8 @@ class Attention(nn.Module):
   (training, scoring) run `blockwise_attention` on CPUs and `jax.nn.dot_product_attention` with
   `is_causal` elsewhere, which picks cuDNN flash attention on GPUs. Cached decoding writes the new
   keys at `cache_index` (one per row, or shared) and masks the slots past each row's query.
+  Full-sequence calls on packed rows pass `segment_ids_BxL`: a query sees only keys of its own
+  segment (both paths honour it).
   """
 
   cfg: TransformerConfig
@@ -253,7 +255,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD, positions_BxL=None, kv_BxSxD=None, cache: Cache | None = None,
-               cache_index=None, mask_BxLxS=None):
+               cache_index=None, mask_BxLxS=None, segment_ids_BxL=None):
     cfg = self.cfg
     H, G, K = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     kv_input = x_BxLxD if kv_BxSxD is None else kv_BxSxD
@@ -284,11 +286,16 @@ class Attention(nn.Module):
 
     def library(q, k, v):
       implementation = None if cfg.attention in ("auto", "blockwise") else cfg.attention
-      return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+      full_mask = mask
+      if segment_ids_BxL is not None:  # packed rows: a query sees its own segment only
+        same_Bx1xLxL = (segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :])[:, None]
+        full_mask = same_Bx1xLxL if mask is None else mask & same_Bx1xLxL
+      return jax.nn.dot_product_attention(q, k, v, mask=full_mask, is_causal=is_causal,
                                           implementation=implementation)
 
     def blockwise(q, k, v):
-      return blockwise_attention.causal_attention(q, k, v, cfg.attention_block_len)
+      return blockwise_attention.causal_attention(q, k, v, cfg.attention_block_len,
+                                                  segment_ids_BxL)
 
     if not is_causal or mask is not None or cfg.attention in ("xla", "cudnn"):
       out_BxLxHxK = library(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK)

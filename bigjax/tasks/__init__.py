@@ -6,6 +6,7 @@ from bigjax.tasks.mlm import MaskedLanguageModelTask
 from bigjax.tasks.reconstruct import ReconstructTask
 from bigjax.tasks.regress import RegressTask
 from bigjax.tasks.seq2seq import Seq2SeqTask
+from bigjax.tasks.sft import SftTask
 from bigjax.tasks.text_classify import TextClassificationTask
 
 TASKS = {
@@ -16,4 +17,5 @@ TASKS = {
     "mlm": MaskedLanguageModelTask,
     "text_classify": TextClassificationTask,
     "seq2seq": Seq2SeqTask,
+    "sft": SftTask,
 }

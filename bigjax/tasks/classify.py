@@ -14,7 +14,7 @@ import optax
 from bigjax import metrics, plots
 from bigjax.config_checks import ConfigError
 from bigjax.models import vision
-from bigjax.tasks.base import Loss, Report
+from bigjax.tasks.base import Loss, Report, dropout_rngs
 from bigjax.tasks.examples import ExamplesTask
 
 CLASSIFIERS = ("mlp", "cnn", "vit")
@@ -50,7 +50,7 @@ class ClassifyTask(ExamplesTask):
 
   def loss(self, params, batch, rng, train: bool):
     logits_BxO = self.model.apply({"params": params}, batch["image"], train=train,
-                                  rngs={"dropout": rng}).astype(jnp.float32)
+                                  rngs=dropout_rngs(rng)).astype(jnp.float32)
     loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxO, batch["label"])
     weight_B = batch["weight"]
     correct_B = logits_BxO.argmax(-1) == batch["label"]

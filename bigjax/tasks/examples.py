@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bigjax.data import arrays
+from bigjax.config_checks import ConfigError
+from bigjax.data import arrays, pipeline
 from bigjax.tasks.base import Task
 
 
@@ -25,8 +26,14 @@ class ExamplesTask(Task):
     self.test_examples = arrays.examples(config.data, "test")
 
   def train_data(self, local_batch: int, seed: int):
-    return arrays.train_dataset(self.train_examples, local_batch, seed, self.process_index,
-                                self.process_count)
+    examples = self.train_examples
+    if len(examples) < local_batch * self.process_count:
+      raise ConfigError(f"{len(examples)} training examples are fewer than the "
+                        f"{local_batch * self.process_count} rows of a batch; lower batch_size")
+    return pipeline.train_batches(pipeline.shuffled(len(examples), seed),
+                                  lambda i, rng: examples[i], local_batch, seed,
+                                  self.process_index, self.process_count,
+                                  self.config.data.workers)
 
   def eval_data(self, local_batch: int, num_batches: int):
     """The whole test split every time (`num_batches` is not used): each example counts once."""

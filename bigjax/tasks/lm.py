@@ -9,13 +9,12 @@ import optax
 
 from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
-from bigjax.data import sources
-from bigjax.data import tokenizers
+from bigjax.data import mixture, pipeline, shards, sources, tokenizers
 from bigjax.hf.tokenizer import HuggingFaceTokenizer
 from bigjax.throughput import decoder_flops_per_token
 from bigjax.models import gpt
 from bigjax.models.layers import TransformerConfig
-from bigjax.tasks.base import Loss, Report, TransformerTask
+from bigjax.tasks.base import Loss, Report, TransformerTask, dropout_rngs
 
 
 def make_tokenizer(config: ml_collections.ConfigDict):
@@ -32,6 +31,15 @@ def make_tokenizer(config: ml_collections.ConfigDict):
                                   lambda: sources.documents(data, "train"))
 
 
+def decoder_flops_per_example(params, cfg: TransformerConfig, seq_len: int) -> float:
+  """Training FLOPs for one sequence of a decoder (6N + attention per token, times seq_len)."""
+  n = gpt.count_params(params)
+  n -= params["embed"]["embedding"].size + (params["pos_embed"]["embedding"].size
+                                            if "pos_embed" in params else 0)
+  n += cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0  # the tied output matmul
+  return decoder_flops_per_token(n, cfg.num_layers, seq_len, cfg.d_model) * seq_len
+
+
 class LanguageModelTask(TransformerTask):
   """Packed next-token prediction; eval reports loss, perplexity and next-token accuracy."""
 
@@ -43,6 +51,8 @@ class LanguageModelTask(TransformerTask):
     self.throughput_unit = ("tokens", config.seq_len)
     sources.check_source(config.data)
     self.tokenizer = make_tokenizer(config)
+    for path in self._shard_directories():  # a tokenizer mismatch fails now, not mid-run
+      shards.check_tokenizer(shards.read_manifest(path), self.tokenizer, path)
     self.model_cfg = TransformerConfig.from_config(config, self.tokenizer.vocab_size)
     self.model = gpt.Decoder(self.model_cfg)
     self._check_sample()
@@ -60,7 +70,7 @@ class LanguageModelTask(TransformerTask):
 
   def loss(self, params, batch, rng, train: bool):
     logits_BxLxV, _ = self.model.apply({"params": params}, batch["inputs"], train=train,
-                                       rngs={"dropout": rng})
+                                       rngs=dropout_rngs(rng))
     loss_BxL = optax.softmax_cross_entropy_with_integer_labels(
         logits_BxLxV.astype(jnp.float32), batch["targets"])
     return Loss(total=loss_BxL.sum(), weight=jnp.float32(loss_BxL.size))
@@ -79,20 +89,18 @@ class LanguageModelTask(TransformerTask):
 
   def train_data(self, local_batch: int, seed: int):
     windows = self._windows("train")
-    return lm_data.train_dataset(windows, local_batch, seed)
+    return pipeline.train_batches(windows.train_order(seed), windows.read, local_batch, seed,
+                                  self.process_index, self.process_count,
+                                  self.config.data.workers)
 
   def eval_data(self, local_batch: int, num_batches: int):
-    return lm_data.eval_batches(self._validation, local_batch, num_batches)
+    keys = self._validation.eval_keys()
+    return pipeline.eval_batches(len(keys), lambda i, rng: self._validation.read(keys[i]),
+                                 local_batch, num_batches, self.config.seed, self.process_index,
+                                 self.process_count)
 
   def flops_per_example(self, params) -> float:
-    """Training FLOPs for one sequence (6N + attention per token, times seq_len)."""
-    cfg = self.model_cfg
-    n = gpt.count_params(params)
-    n -= params["embed"]["embedding"].size + (params["pos_embed"]["embedding"].size
-                                              if "pos_embed" in params else 0)
-    n += cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0  # the tied output matmul
-    L = self.config.seq_len
-    return decoder_flops_per_token(n, cfg.num_layers, L, cfg.d_model) * L
+    return decoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
 
   def finish(self, params, rng) -> Report:
     """A text sample from the trained model, continuing `config.sample.prompt`."""
@@ -121,11 +129,27 @@ class LanguageModelTask(TransformerTask):
 
   # Data.
 
-  def _windows(self, split: str) -> lm_data.TokenWindows:
-    docs = sources.documents(self.config.data, split, self.process_index, self.process_count)
-    windows = lm_data.TokenWindows(lm_data.pack(docs, self.tokenizer), self.config.seq_len)
-    if not len(windows):
-      raise ConfigError(
-          f"the {split} split has fewer than seq_len+1={self.config.seq_len + 1} tokens for "
-          f"process {self.process_index}; use more data or a shorter seq_len")
+  def _shard_directories(self) -> list[str]:
+    data = self.config.data
+    if data.source != "shards":
+      return []
+    return [path for path, _ in mixture.parse(data.mixture)] if data.mixture else [data.path]
+
+  def _windows(self, split: str) -> mixture.Mixture:
+    """Windows of the split's token stream, or of each stream of a mixture."""
+    data = self.config.data
+    if data.source == "shards":
+      parts = mixture.parse(data.mixture) if data.mixture else [(data.path, 1.0)]
+      pick = 1 if split == "validation" else 0
+      streams = [shards.ShardStream(path).split(data.val_fraction)[pick] for path, _ in parts]
+      names, weights = [path for path, _ in parts], [weight for _, weight in parts]
+    else:
+      streams = [lm_data.pack(sources.documents(data, split), self.tokenizer)]
+      names, weights = [data.path or data.source], [1.0]
+    windows = mixture.Mixture(streams, weights, self.config.seq_len)
+    for name, w in zip(names, windows.windows):
+      if not len(w):
+        raise ConfigError(
+            f"the {split} split of {name} has fewer than seq_len+1={self.config.seq_len + 1} "
+            f"tokens; use more data or a shorter seq_len")
     return windows

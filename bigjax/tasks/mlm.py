@@ -1,7 +1,7 @@
 """Masked-LM pretraining of a BERT-style encoder, optionally with next-sentence prediction.
 
 Data: the configured corpus (by default Python's standard library) packed into one token stream,
-cut into chunks, wrapped as [CLS] chunk [SEP] and corrupted by bigjax.data.text_tasks.mask_tokens.
+cut into chunks, wrapped as [CLS] chunk [SEP] and corrupted by bigjax.data.mlm.mask_tokens.
 The loss is the mean cross-entropy over the chosen positions only; eval reports that loss and the
 accuracy on the chosen positions (plus NSP accuracy when enabled).
 """
@@ -15,26 +15,28 @@ import optax
 
 from bigjax.config_checks import ConfigError
 from bigjax.data import lm as lm_data
-from bigjax.data import sources, text_tasks
+from bigjax.data import mlm as mlm_data
+from bigjax.data import pipeline, sources
+from bigjax.data.tokenizers import SpecialTokens
 from bigjax.hf.tokenizer import HuggingFaceTokenizer
 from bigjax.models import bert
 from bigjax.models.layers import TransformerConfig
-from bigjax.tasks.base import Loss, Report, TransformerTask
+from bigjax.tasks.base import Loss, Report, TransformerTask, dropout_rngs
 from bigjax.tasks.lm import make_tokenizer
 from bigjax.throughput import decoder_flops_per_token
 
 
-def special_tokens(tokenizer) -> text_tasks.SpecialTokens:
+def special_tokens(tokenizer) -> SpecialTokens:
   """[PAD] [CLS] [SEP] [MASK]: a BERT tokenizer's own (Hugging Face WordPiece), otherwise new ids
   above the tokenizer's vocabulary."""
   if isinstance(tokenizer, HuggingFaceTokenizer):
     own = tokenizer.encoder_special_tokens()
     if own is not None:
       return own
-  return text_tasks.SpecialTokens(tokenizer.vocab_size)
+  return SpecialTokens(tokenizer.vocab_size)
 
 
-def encoder_config(config: ml_collections.ConfigDict, special: text_tasks.SpecialTokens):
+def encoder_config(config: ml_collections.ConfigDict, special: SpecialTokens):
   return TransformerConfig.from_config(config, special.vocab_size, causal=False)
 
 
@@ -45,7 +47,7 @@ def encoder_flops_per_example(params, cfg: TransformerConfig, seq_len: int) -> f
   return decoder_flops_per_token(n, cfg.num_layers, seq_len, cfg.d_model, causal=False) * seq_len
 
 
-def encoder_inputs(ids, seq_len: int, special: text_tasks.SpecialTokens) -> np.ndarray:
+def encoder_inputs(ids, seq_len: int, special: SpecialTokens) -> np.ndarray:
   """[CLS] ids [SEP], padded to seq_len: one text as the encoder tasks read it."""
   if len(ids) > seq_len - 2:
     raise ConfigError(f"the input has {len(ids)} tokens; this encoder reads at most "
@@ -107,7 +109,7 @@ class MaskedLanguageModelTask(TransformerTask):
     valid_BxL = batch["inputs"] != self.special.pad  # MLM windows are full; kept for clarity
     logits_BxLxV, nsp_Bx2 = self.model.apply(
         {"params": params}, batch["inputs"], valid_BxL, batch.get("types"), train=train,
-        rngs={"dropout": rng} if rng is not None else {})
+        rngs=dropout_rngs(rng))
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     loss_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
     nsp = None
@@ -149,22 +151,26 @@ class MaskedLanguageModelTask(TransformerTask):
     return Report(out)
 
   def train_data(self, local_batch: int, seed: int):
-    return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
+    examples = self._examples("train")
+    return pipeline.train_batches(pipeline.shuffled(len(examples), seed), examples.example,
+                                  local_batch, seed, self.process_index, self.process_count,
+                                  self.config.data.workers)
 
   def eval_data(self, local_batch: int, num_batches: int):
-    return text_tasks.eval_batches(self._examples("validation"), local_batch, num_batches,
-                                   self.config.seed)
+    examples = self._examples("validation")
+    return pipeline.eval_batches(len(examples), examples.example, local_batch, num_batches,
+                                 self.config.seed, self.process_index, self.process_count)
 
   def flops_per_example(self, params) -> float:
     return encoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
 
   # Data.
 
-  def _examples(self, split: str) -> text_tasks.MlmExamples:
-    docs = sources.documents(self.config.data, split, self.process_index, self.process_count)
-    examples = text_tasks.MlmExamples(lm_data.pack(docs, self.tokenizer), self.config.seq_len,
-                                      self.special, self.config.mlm.mask_rate, self.config.mlm.nsp)
+  def _examples(self, split: str) -> mlm_data.MlmExamples:
+    docs = sources.documents(self.config.data, split)
+    examples = mlm_data.MlmExamples(lm_data.pack(docs, self.tokenizer), self.config.seq_len,
+                                    self.special, self.config.mlm.mask_rate, self.config.mlm.nsp)
     if not len(examples):
-      raise ConfigError(f"the {split} split has fewer than seq_len={self.config.seq_len} tokens "
-                        f"for process {self.process_index}; use more data or a shorter seq_len")
+      raise ConfigError(f"the {split} split has fewer than seq_len={self.config.seq_len} tokens; "
+                        f"use more data or a shorter seq_len")
     return examples

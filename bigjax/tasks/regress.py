@@ -13,7 +13,7 @@ import numpy as np
 from bigjax import metrics
 from bigjax.config_checks import ConfigError
 from bigjax.models import vision
-from bigjax.tasks.base import Loss, Report
+from bigjax.tasks.base import Loss, Report, dropout_rngs
 from bigjax.tasks.examples import ExamplesTask
 
 
@@ -36,7 +36,7 @@ class RegressTask(ExamplesTask):
   def _predict(self, params, features_BxF, rng=None, train=False):
     """Predictions in the target's units: the model's standardized output, scaled back."""
     out_Bx1 = self.model.apply({"params": params}, features_BxF, train=train,
-                               rngs={"dropout": rng} if rng is not None else {})
+                               rngs=dropout_rngs(rng))
     return out_Bx1[:, 0].astype(jnp.float32) * self.target_std + self.target_mean
 
   # The loop's interface.

@@ -3,7 +3,7 @@
 Data (`config.data`):
   source="synthetic", name="reverse", "sort" or "addition": digit-string pairs generated on the
     fly (offline, endless, deterministic in the index), one byte token per character.
-  source="tfds", name="wmt14_translate/de-en" (a key of text_tasks.TFDS_TRANSLATION_DATASETS):
+  source="tfds", name="wmt14_translate/de-en" (a key of TFDS_TRANSLATION_DATASETS):
     sentence pairs read by index through tfds.data_source and grain, in one SentencePiece
     vocabulary for both languages (data.tokenizer_path, trained on both sides of
     TOKENIZER_PAIRS train pairs when the file is missing). Eval reads the validation split.
@@ -26,11 +26,12 @@ from jax.experimental import multihost_utils
 
 from bigjax import bleu
 from bigjax.config_checks import ConfigError
-from bigjax.data import text_tasks
-from bigjax.data import tokenizers
+from bigjax.data import pipeline, tokenizers
+from bigjax.data import seq2seq as pairs_data
+from bigjax.data.tokenizers import SpecialTokens
 from bigjax.models import seq2seq
 from bigjax.models.layers import TransformerConfig
-from bigjax.tasks.base import Loss, Report, TransformerTask
+from bigjax.tasks.base import Loss, Report, TransformerTask, dropout_rngs
 from bigjax.throughput import decoder_flops_per_token
 
 SYNTHETIC_EXAMPLES = 10**8  # the synthetic sets are endless in practice: pair i is drawn from i
@@ -46,8 +47,8 @@ class Seq2SeqTask(TransformerTask):
                process_count: int = 1):
     if config.data.source not in ("synthetic", "tfds"):
       raise ConfigError(f"data.source={config.data.source!r}: task=seq2seq reads "
-                        f"source='synthetic' (name: {', '.join(text_tasks.ALGORITHMIC)}) or "
-                        f"'tfds' (name: {', '.join(text_tasks.TFDS_TRANSLATION_DATASETS)})")
+                        f"source='synthetic' (name: {', '.join(pairs_data.ALGORITHMIC)}) or "
+                        f"'tfds' (name: {', '.join(pairs_data.TFDS_TRANSLATION_DATASETS)})")
     if config.seq2seq.beam_size < 1:
       raise ConfigError(f"seq2seq.beam_size={config.seq2seq.beam_size} must be at least 1")
     d = config.data
@@ -59,7 +60,7 @@ class Seq2SeqTask(TransformerTask):
     self._pairs_of_split = {}
     self._pairs("train")  # checks data.name (and opens the tfds split) now, not at the first batch
     self.tokenizer = self._make_tokenizer()
-    self.special = text_tasks.SpecialTokens(self.tokenizer.vocab_size)
+    self.special = SpecialTokens(self.tokenizer.vocab_size)
     self.model_cfg = TransformerConfig.from_config(config, self.special.vocab_size)
     self.model = seq2seq.EncoderDecoder(self.model_cfg, self.special.pad)
 
@@ -75,7 +76,7 @@ class Seq2SeqTask(TransformerTask):
 
   def _token_losses(self, params, batch, rng=None, train=False):
     logits_BxLxV = self.model.apply({"params": params}, batch["inputs"], batch["decoder_inputs"],
-                                    train=train, rngs={"dropout": rng} if rng is not None else {})
+                                    train=train, rngs=dropout_rngs(rng))
     logits_BxLxV = logits_BxLxV.astype(jnp.float32)
     loss_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
     return loss_BxL, logits_BxLxV, batch["targets"] != self.special.pad
@@ -110,11 +111,15 @@ class Seq2SeqTask(TransformerTask):
                    "bleu": bleu.score(sums["bleu"], smooth=True)})
 
   def train_data(self, local_batch: int, seed: int):
-    return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
+    examples = self._examples("train")
+    return pipeline.train_batches(pipeline.shuffled(len(examples), seed), examples.example,
+                                  local_batch, seed, self.process_index, self.process_count,
+                                  self.config.data.workers)
 
   def eval_data(self, local_batch: int, num_batches: int):
-    return text_tasks.eval_batches(self._examples("validation"), local_batch, num_batches,
-                                   self.config.seed)
+    examples = self._examples("validation")
+    return pipeline.eval_batches(len(examples), examples.example, local_batch, num_batches,
+                                 self.config.seed, self.process_index, self.process_count)
 
   def flops_per_example(self, params) -> float:
     """Encoder and decoder tokens, each 6 x its matmul params + attention; an estimate."""
@@ -191,15 +196,13 @@ class Seq2SeqTask(TransformerTask):
       c = self.config
       if c.data.source == "synthetic":
         seed = c.seed + (EVAL_SEED_OFFSET if split == "validation" else 0)
-        pairs = text_tasks.algorithmic_pairs(c.data.name, c.seq_len, seed), SYNTHETIC_EXAMPLES
+        pairs = pairs_data.algorithmic_pairs(c.data.name, c.seq_len, seed), SYNTHETIC_EXAMPLES
       else:
-        pairs = text_tasks.tfds_translation_pairs(c.data.name, split, c.data.tfds_dir)
+        pairs = pairs_data.tfds_translation_pairs(c.data.name, split, c.data.tfds_dir)
       self._pairs_of_split[split] = pairs
     return self._pairs_of_split[split]
 
-  def _examples(self, split: str) -> text_tasks.Seq2SeqExamples:
-    """This process's pairs: every P-th index, so processes never share a pair."""
+  def _examples(self, split: str) -> pairs_data.Seq2SeqExamples:
     pair, size = self._pairs(split)
-    share = lambda i: pair(i * self.process_count + self.process_index)
-    return text_tasks.Seq2SeqExamples(share, size // self.process_count, self.tokenizer,
-                                      self.config.seq_len, self.special)
+    return pairs_data.Seq2SeqExamples(pair, size, self.tokenizer, self.config.seq_len,
+                                      self.special)

@@ -17,9 +17,10 @@ import optax
 
 from bigjax import metrics
 from bigjax.config_checks import ConfigError
-from bigjax.data import text_tasks
+from bigjax.data import pipeline
+from bigjax.data import text_classify as classify_data
 from bigjax.models import bert
-from bigjax.tasks.base import Loss, Report, TransformerTask
+from bigjax.tasks.base import Loss, Report, TransformerTask, dropout_rngs
 from bigjax.tasks.classify import classification_report
 from bigjax.tasks.lm import make_tokenizer
 from bigjax.tasks.mlm import encoder_config, encoder_flops_per_example, special_tokens
@@ -58,7 +59,7 @@ class TextClassificationTask(TransformerTask):
   def _logits(self, params, batch, rng=None, train=False):
     return self.model.apply({"params": params}, batch["inputs"],
                             batch["inputs"] != self.special.pad, train=train,
-                            rngs={"dropout": rng} if rng is not None else {})
+                            rngs=dropout_rngs(rng))
 
   def loss(self, params, batch, rng, train: bool):
     logits_BxC = self._logits(params, batch, rng, train).astype(jnp.float32)
@@ -76,11 +77,15 @@ class TextClassificationTask(TransformerTask):
     return classification_report(sums, self.class_names)
 
   def train_data(self, local_batch: int, seed: int):
-    return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
+    examples = self._examples("train")
+    return pipeline.train_batches(pipeline.shuffled(len(examples), seed), examples.example,
+                                  local_batch, seed, self.process_index, self.process_count,
+                                  self.config.data.workers)
 
   def eval_data(self, local_batch: int, num_batches: int):
-    return text_tasks.eval_batches(self._examples("validation"), local_batch, num_batches,
-                                   self.config.seed)
+    examples = self._examples("validation")
+    return pipeline.eval_batches(len(examples), examples.example, local_batch, num_batches,
+                                 self.config.seed, self.process_index, self.process_count)
 
   def flops_per_example(self, params) -> float:
     return encoder_flops_per_example(params, self.model_cfg, self.config.seq_len)
@@ -91,18 +96,17 @@ class TextClassificationTask(TransformerTask):
 
   # Data.
 
-  def _examples(self, split: str) -> text_tasks.ClassifyExamples:
+  def _examples(self, split: str) -> classify_data.ClassifyExamples:
     if split not in self._splits:
       d = self.config.data
       args = (split, self.tokenizer, self.config.seq_len)
-      share = (self.process_index, self.process_count)
       if d.source == "stdlib":
-        snippets, names = text_tasks.stdlib_family_snippets(*args, d.val_fraction, *share)
+        snippets, names = classify_data.stdlib_family_snippets(*args, d.val_fraction)
       else:
-        snippets, names = text_tasks.tfds_classify_snippets(d.name, *args, d.tfds_dir, *share)
+        snippets, names = classify_data.tfds_classify_snippets(d.name, *args, d.tfds_dir)
       if d.class_names and len(d.class_names) != len(names):
         raise ConfigError(f"data.class_names has {len(d.class_names)} classes but the data has "
                           f"{len(names)} ({', '.join(names)}); set data.class_names=() or match it")
-      self._splits[split] = text_tasks.ClassifyExamples(snippets, names, self.config.seq_len,
-                                                        self.special)
+      self._splits[split] = classify_data.ClassifyExamples(snippets, names, self.config.seq_len,
+                                                           self.special)
     return self._splits[split]
