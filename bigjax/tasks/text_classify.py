@@ -16,7 +16,7 @@ import optax
 
 from bigjax import metrics
 from bigjax.config_checks import ConfigError
-from bigjax.data import text_tasks
+from bigjax.data import augment, text_tasks
 from bigjax.models import bert
 from bigjax.tasks.base import Loss, Report, TransformerTask
 from bigjax.tasks.classify import classification_report
@@ -74,7 +74,8 @@ class TextClassificationTask(TransformerTask):
     return classification_report(sums)
 
   def train_data(self, local_batch: int, seed: int):
-    return text_tasks.train_dataset(self._examples("train"), local_batch, seed)
+    examples = augment.corrupted(self._examples("train"), self.config.augment, self.special)
+    return text_tasks.train_dataset(examples, local_batch, seed)
 
   def eval_data(self, local_batch: int, num_batches: int):
     return text_tasks.eval_batches(self._examples("validation"), local_batch, num_batches,
