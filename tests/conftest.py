@@ -125,3 +125,25 @@ def no_network(monkeypatch):
     raise AssertionError(f"test tried to reach the network: {address}")
   monkeypatch.setattr(socket.socket, "connect", refuse)
   monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+
+
+@pytest.fixture(scope="session")
+def killed_and_resumed(read_checkpoint):
+  """killed_and_resumed(config, workdir) -> (straight, resumed): the newest (step, TrainState)
+  of `config` trained to its last step, and again after that step's checkpoint is deleted and the
+  run restarted (as if killed between its last two saves; config.checkpoint_every must save
+  earlier). A method resumes exactly when the two are bitwise equal."""
+  import shutil
+
+  import jax
+
+  from bigjax import train
+
+  def run(config, workdir):
+    train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+    straight = read_checkpoint(config, workdir)
+    shutil.rmtree(f"{workdir}/checkpoints/{config.steps}")
+    train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+    return straight, read_checkpoint(config, workdir)
+
+  return run

@@ -137,8 +137,8 @@ class FederatedTask(TaskWrapper):
     self.noise_stddev = relative * sensitivity
     self.epsilon_after = None
     if relative:
-      self.epsilon_after = jnp.asarray(privacy.epsilons(step_event(relative), config.steps,
-                                                        p.delta, REPLACE_ONE), jnp.float32)
+      self.epsilon_after = jnp.asarray(privacy.epsilons(
+          step_event(relative), range(config.steps + 1), p.delta, REPLACE_ONE), jnp.float32)
 
   @property
   def throughput_unit(self):

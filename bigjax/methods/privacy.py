@@ -49,9 +49,9 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 # Accounting.
 
 
-def epsilons(step_event: dp_accounting.DpEvent, steps: int, delta: float,
+def epsilons(step_event: dp_accounting.DpEvent, step_counts, delta: float,
              neighboring=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE) -> np.ndarray:
-  """epsilon after 0, 1, ..., steps steps of `step_event`, at `delta` (RDP accountant).
+  """epsilon at `delta` after each number of steps of `step_counts` (RDP accountant).
 
   Renyi DP adds up over steps: t steps spend t times one step's RDP at every order, exactly what
   composing the event t times gives, so one step is accounted once.
@@ -59,9 +59,8 @@ def epsilons(step_event: dp_accounting.DpEvent, steps: int, delta: float,
   accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=neighboring)
   accountant.compose(step_event)
   one_step = np.asarray(accountant.rdp)
-  return np.array([0.0] + [dp_accounting.rdp.compute_epsilon(accountant.orders, t * one_step,
-                                                             delta)[0]
-                           for t in range(1, steps + 1)])
+  return np.array([dp_accounting.rdp.compute_epsilon(accountant.orders, t * one_step, delta)[0]
+                   if t else 0.0 for t in step_counts])
 
 
 def calibrate_noise(make_step_event, steps: int, target_epsilon: float, delta: float,
@@ -171,11 +170,13 @@ class PrivateTask(TaskWrapper):
                                               config.steps, p.target_epsilon, p.delta - cut)
       log.warning("privacy: noise multiplier %.4f spends epsilon %.3g at delta %.3g in %d steps",
                   self.noise_multiplier, p.target_epsilon, p.delta, config.steps)
+    # (Written out: 0 * inf, no noise with no clipping, would be NaN.)
+    self.noise_stddev = self.noise_multiplier * self.clip_norm if self.noise_multiplier else 0.0
     self.epsilon_after = None  # no noise: no privacy to account
     if self.noise_multiplier:
       self.epsilon_after = jnp.asarray(epsilons(
-          poisson_step(self.sampling_rate, self.noise_multiplier), config.steps, p.delta - cut),
-          jnp.float32)
+          poisson_step(self.sampling_rate, self.noise_multiplier), range(config.steps + 1),
+          p.delta - cut), jnp.float32)
 
   def train_data(self, local_batch, seed):
     share = self.inner.train_examples[self.process_index::self.process_count]
@@ -185,8 +186,7 @@ class PrivateTask(TaskWrapper):
     """(scalars, noisy gradient): the noisy clipped sum over the expected batch size. The loss
     and metrics logged are means over the drawn examples (not private: for watching a run)."""
     noisy, sums, norms_B = noisy_clipped_sum(loss, params, batch, rng, self.clip_norm,
-                                             self.noise_multiplier * self.clip_norm,
-                                             self.microbatches)
+                                             self.noise_stddev, self.microbatches)
     real_B = batch["weight"] > 0
     drawn = jnp.maximum(sums.weight.sum(), 1.0)
     scalars = {"loss": sums.total.sum() / drawn,
