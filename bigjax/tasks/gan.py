@@ -66,9 +66,9 @@ class GANTask(ExamplesTask):
   @staticmethod
   def _load_classifier(path: str, image_shape):
     """(model, parameters on the host) of the classifier trained in `path`."""
-    from bigjax import load  # imported here: bigjax.load builds runs, which import the tasks
+    from bigjax.load import load  # imported here: loading builds a run, which imports the tasks
 
-    loaded = load.load(path, devices=jax.devices()[:1])
+    loaded = load(path, devices=jax.devices()[:1])
     if loaded.config.task != "classify":
       raise ConfigError(f"gan.classifier={path!r} trained task={loaded.config.task}; point it "
                         f"at an image classifier's workdir (configs/digits_mlp.py)")
