@@ -177,11 +177,11 @@ class Run:
   def batch_sharding(self):
     return sharding.batch_sharding(self.mesh)
 
-  def abstract_batch(self, spec=None) -> dict[str, jax.ShapeDtypeStruct]:
-    """A training batch (or one of `spec`, a task's batch_spec method) with its sharding."""
-    spec = (spec or self.task.batch_spec)(self.config.batch_size)
+  def abstract_batch(self, training: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+    """A training (or evaluation) batch with its sharding."""
+    spec = self.task.batch_spec if training else self.task.eval_batch_spec
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
-            for k, v in spec.items()}
+            for k, v in spec(self.config.batch_size).items()}
 
   def global_batch(self, local_batch: dict) -> dict[str, jax.Array]:
     return sharding.global_batch(local_batch, self.mesh)
@@ -190,8 +190,7 @@ class Run:
     train_step = make_train_step(self.task, self.tx, self.lr_schedule, self.config)
     if self.task.members > 1:
       train_step = ensemble.vmapped_train_step(train_step, self.task.members, self.config.seed)
-    step = jax.jit(train_step,
-                   in_shardings=(self.shardings, self.batch_sharding),
+    step = jax.jit(train_step, in_shardings=(self.shardings, self.batch_sharding),
                    out_shardings=(self.shardings, sharding.replicated(self.mesh)),
                    donate_argnums=0)
     with self.activate():
@@ -201,7 +200,7 @@ class Run:
     step = jax.jit(self.task.eval_sums, in_shardings=(self.shardings.params, self.batch_sharding),
                    out_shardings=sharding.replicated(self.mesh))
     with self.activate():
-      return step.lower(self.abstract.params, self.abstract_batch(self.task.eval_batch_spec))
+      return step.lower(self.abstract.params, self.abstract_batch(training=False))
 
   def lower_init(self):
     with self.activate():
