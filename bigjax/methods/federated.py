@@ -23,7 +23,8 @@ al., 2018): each client's change is clipped to `clip_norm` (jax_privacy.clipped_
 changes are summed with equal weights, Gaussian noise of std noise_multiplier * clip_norm is added
 and the sum divided by clients_per_round. The accountant composes one Gaussian mechanism on a
 fixed-size sample without replacement of the clients per round, under replace-one-client
-adjacency (n = clients public), whose sensitivity jax-privacy gives as twice the clip norm.
+adjacency (the number of clients is public): replacing one client moves the sum of clipped changes
+by at most twice the clip norm, the sensitivity the noise is measured against.
 """
 
 import dp_accounting
@@ -188,27 +189,27 @@ class FederatedTask(TaskWrapper):
 
   def gradients(self, loss, params, batch, rng, step):
     """(scalars, the negated average client change): one round of FedAvg."""
-    keys = jax.random.split(rng, self.per_round + 1)
+    client_key, noise_key = jax.random.split(rng)
     client = lambda data, key: self._client_update(loss, params, data, key, step)
     if self.private:
-      change, scalars = self._private_average(client, batch, keys, step)
+      change, scalars = self._private_average(client, batch, client_key, noise_key, step)
     else:
-      changes, seen_Sx2 = jax.vmap(client)(batch, keys[1:])
+      changes, seen_Sx2 = jax.vmap(client)(batch, jax.random.split(client_key, self.per_round))
       examples_S = batch["weight"].sum(axis=1)
       share_S = examples_S / jnp.maximum(examples_S.sum(), 1.0)
       change = jax.tree.map(lambda c: jnp.tensordot(share_S, c, axes=1), changes)
       scalars = {"loss": seen_Sx2[:, 0].sum() / jnp.maximum(seen_Sx2[:, 1].sum(), 1.0)}
     return scalars, jax.tree.map(jnp.negative, change)
 
-  def _private_average(self, client, batch, keys, step):
+  def _private_average(self, client, batch, client_key, noise_key, step):
     """Client-level DP: clipped client changes, summed, noised, over clients_per_round."""
     p = self.config.privacy
+    # Splits client_key over the clients as the plain path does.
     clipped = jax_privacy.clipping.clipped_fun(
-        lambda data, key: client(data, key), has_aux=True, batch_argnums=0, prng_argnum=1,
-        keep_batch_dim=False, l2_clip_norm=p.clip_norm, return_norms=True)
-    total, (seen_Sx2, norms_S) = clipped(batch, keys[0])
-    privatizer = noise_addition.gaussian_privatizer(stddev=self.noise_stddev,
-                                                    prng_key=keys[-1])
+        client, has_aux=True, batch_argnums=0, prng_argnum=1, keep_batch_dim=False,
+        l2_clip_norm=p.clip_norm, return_norms=True)
+    total, (seen_Sx2, norms_S) = clipped(batch, client_key)
+    privatizer = noise_addition.gaussian_privatizer(stddev=self.noise_stddev, prng_key=noise_key)
     noisy, _ = privatizer.update(total, privatizer.init(total))
     scalars = {"loss": seen_Sx2[:, 0].sum() / jnp.maximum(seen_Sx2[:, 1].sum(), 1.0),
                "clipped_share": (norms_S > p.clip_norm).mean()}
