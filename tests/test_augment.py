@@ -3,7 +3,6 @@ corrupted on the host with the label and the special tokens kept. (A killed augm
 exactly: tests/test_adversarial.py trains both together.)"""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

@@ -9,10 +9,11 @@ import numpy as np
 import optax
 import pytest
 
+import bigjax
 from bigjax import build
 from bigjax.config_checks import ConfigError
 from bigjax.methods import privacy
-from bigjax.step import TrainState, make_train_step
+from bigjax.step import make_train_step
 from configs import digits_mlp
 
 SGD = {"optim.name": "sgd", "optim.lr": 0.5, "optim.momentum": 0.0, "optim.weight_decay": 0.0,
@@ -93,22 +94,29 @@ def private_run(killed_and_resumed, tmp_path_factory, metrics_of):
                                        "privacy.expected_batch_size": 8})
   workdir = str(tmp_path_factory.mktemp("private"))
   straight, resumed = killed_and_resumed(config, workdir)
-  return config, straight, resumed, metrics_of(workdir)
+  return config, straight, resumed, metrics_of(workdir), workdir
 
 
 def test_private_run_resumes_exactly(private_run):
-  _, (straight_step, straight), (resumed_step, resumed), _ = private_run
+  _, (straight_step, straight), (resumed_step, resumed), _, _ = private_run
   assert straight_step == resumed_step == 4
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)  # Poisson draws and noise too
 
 
 def test_private_run_spends_its_target_epsilon(private_run):
-  config, _, _, rows = private_run
+  config, _, _, rows, _ = private_run
   logged = [r["train/epsilon"] for r in rows if r["step"] == config.steps and "train/epsilon" in r]
   # Calibration stops within dp-accounting's tolerance below the target, never above it.
   assert 7.9 < logged[-1] <= 8.0
   drawn = [r["train/drawn_batch"] for r in rows if "train/drawn_batch" in r]
   assert len(set(drawn)) > 1  # Poisson sampling: the batch size varies
+
+
+def test_a_private_run_loads_for_use(private_run):
+  """bigjax.load builds a one-row layout, which no Poisson draw fits: DP is training-only."""
+  _, (_, state), _, _, workdir = private_run
+  loaded = bigjax.load(workdir, devices=jax.devices()[:1])
+  jax.tree.map(np.testing.assert_array_equal, loaded.params, state.params)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -48,3 +48,12 @@ def wrap(task: Task, config: ml_collections.ConfigDict) -> Task:
   if config.ensemble.members > 1:
     task = ensemble.EnsembleTask(task, config.ensemble.members)
   return task
+
+
+def training_only_off(config: ml_collections.ConfigDict) -> None:
+  """Turns off, in place, the settings that shape only how a run trains (DP-SGD, federated
+  rounds, a GAN's discriminator steps): they leave the parameters as they are, and their checks of
+  the training batch do not apply to a run loaded for use (bigjax.load)."""
+  config.privacy.update({"clip_norm": 0.0, "noise_multiplier": 0.0, "target_epsilon": 0.0})
+  config.federated.clients = 0
+  config.gan.discriminator_steps = 1

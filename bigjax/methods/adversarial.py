@@ -1,8 +1,8 @@
 """Adversarial examples (FGSM, PGD): adversarial training, and robust accuracy for any image
 classifier.
 
-    --config.adversarial.attack=pgd --config.adversarial.epsilon=0.3   adversarial training
-    --config.adversarial.epsilon=0.3                                   standard training, robust eval
+    --config.adversarial.attack=pgd --config.adversarial.epsilon=0.1   adversarial training
+    --config.adversarial.epsilon=0.1                     standard training, robust evaluation
 
 A perturbation stays within an L-infinity ball of radius `epsilon` around the clean image and
 inside the valid pixel range [0, 1]. The attack maximises the task's own loss with the model in

@@ -1,6 +1,7 @@
 """Image augmentation as a change of the training loss (bigjax/data/augment.py does the pixels).
 
-    --config.augment.crop_padding=1 --config.augment.rotate_degrees=10 [--config.augment.mixup_alpha=0.2]
+    --config.augment.crop_padding=1 --config.augment.rotate_degrees=10 \
+        [--config.augment.mixup_alpha=0.2]
 
 The training loss of every phase sees augmented images; evaluation and the attack of adversarial
 training (eval mode) see them as they are. The augmentation key comes from the loss's own key,

@@ -147,7 +147,7 @@ class PrivateTask(TaskWrapper):
   def __init__(self, inner, config: ml_collections.ConfigDict):
     super().__init__(inner)
     p = config.privacy
-    self.clip_norm, self.delta = p.clip_norm, p.delta
+    self.clip_norm = p.clip_norm
     self.expected = p.expected_batch_size
     self.microbatches = config.optim.grad_accum_steps
     num_examples = len(inner.train_examples)

@@ -23,11 +23,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from bigjax import plots
 from bigjax.config_checks import ConfigError
-from bigjax.data import arrays
 from bigjax.models import vision
 from bigjax.tasks.base import Loss, Phase, Report
 from bigjax.tasks.examples import ExamplesTask
@@ -129,7 +127,8 @@ class GANTask(ExamplesTask):
   def eval_sums(self, params, batch) -> dict[str, jax.Array]:
     d = self.discriminator_loss(params, batch, None, False)
     g = self.generator_loss(params, batch, None, False)
-    sums = {"discriminator_loss": d.total, "generator_loss": g.total, "count": d.weight, **d.metrics}
+    sums = {"discriminator_loss": d.total, "generator_loss": g.total, "count": d.weight,
+            **d.metrics}
     if self.classifier:
       sums |= self._classifier_sums(self._generate(params, batch["noise"]), batch["weight"])
     return sums
