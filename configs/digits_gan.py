@@ -12,8 +12,8 @@ the run ends with a grid of samples in WORKDIR/images.
 
 Measured on a shared 2-core CPU with the digits_mlp classifier: after 1,500 steps 70% of the
 samples are classified with confidence >= 0.9, covering all 10 digits, classifier score 7.39 of
-a possible 10 (the untrained generator's is 1.01: its samples are all alike). The score rises to
-about 7 by step 1,250 and stays there (7.0 to 7.3 up to step 3,000).
+a possible 10 (an untrained generator's samples are all alike and score about 1). The score
+passes 7 at step 1,250 and stays near it (6.6 to 7.4 up to step 3,000).
 """
 
 from configs import base
