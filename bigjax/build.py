@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from bigjax import finetune, optim, sharding
+from bigjax import finetune, methods, optim, sharding
 from bigjax.config_checks import ConfigError, check_config
-from bigjax.step import PARAMS_STREAM, TrainState, make_train_step
+from bigjax.methods import ensemble
+from bigjax.step import PARAMS_STREAM, TrainState, make_train_step, stream_key
 from bigjax.tasks import TASKS
 from bigjax.tasks.base import Task
 
@@ -53,10 +54,12 @@ def tracing_context(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict):
 
 
 def make_task(config: ml_collections.ConfigDict, mesh_shape: dict[str, int] | None = None) -> Task:
-  """The task `config.task` names, with its own settings checked (and its layout on the mesh)."""
+  """The task `config.task` names, with its own settings checked (and its layout on the mesh),
+  inside the training methods the config turns on (bigjax.methods: ensembles, DP-SGD, ...)."""
   if config.task not in TASKS:
     raise ConfigError(f"task={config.task!r} is unknown; use one of {', '.join(TASKS)}")
   task = TASKS[config.task](config, jax.process_index(), jax.process_count())
+  task = methods.wrap(task, config)
   if mesh_shape is not None:
     task.check_mesh(mesh_shape)
   metric = config.early_stop.metric
@@ -67,18 +70,35 @@ def make_task(config: ml_collections.ConfigDict, mesh_shape: dict[str, int] | No
   return task
 
 
-def make_tx(config: ml_collections.ConfigDict):
+def make_tx(config: ml_collections.ConfigDict, optim_config=None, updates: int = 0):
   """(optimizer, schedule): optim's optimizer, frozen parameters masked, non-finite skipping.
 
+  `optim_config` and `updates` (what the schedule spans) default to config.optim and
+  config.steps; a task's parameter groups pass their own.
   apply_if_finite wraps last, so its state is the outermost and the step can report its count.
   """
-  tx, lr_schedule = optim.make_optimizer(config.optim, config.steps)
+  tx, lr_schedule = optim.make_optimizer(optim_config or config.optim, updates or config.steps)
   tx = finetune.freeze(tx, config.freeze)
   if config.on_nonfinite == "skip":
     # Keeps params and optimizer state unchanged on a step whose gradients are not finite; past
     # the limit the update is applied, and the loop stops on the non-finite parameters.
     tx = optax.apply_if_finite(tx, max_consecutive_errors=config.max_consecutive_skips)
   return tx, lr_schedule
+
+
+def make_optimizers(task: Task, config: ml_collections.ConfigDict):
+  """(optimizer, schedule) of the run: make_tx's, or with a task whose phases name parameter
+  groups, one make_tx optimizer per group (optim.GroupOptimizers) and {group: schedule}."""
+  groups = {phase.group: phase for phase in task.phases if phase.group}
+  if not groups:
+    return make_tx(config)
+  made = {}
+  for group, phase in groups.items():
+    settings = ml_collections.ConfigDict(config.optim.to_dict())
+    settings.update(phase.optim)
+    made[group] = make_tx(config, settings, config.steps * phase.repeat)
+  return (optim.GroupOptimizers.over({g: tx for g, (tx, _) in made.items()}),
+          {g: schedule for g, (_, schedule) in made.items()})
 
 
 def state_layout(task: Task, tx, config, mesh) -> tuple[TrainState, TrainState, Callable]:
@@ -89,7 +109,8 @@ def state_layout(task: Task, tx, config, mesh) -> tuple[TrainState, TrainState, 
   replicated. The model is traced once, for its boxed shapes.
   """
   def init_params(rng):
-    dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in task.batch_spec(1).items()}
+    # An eval batch is a plain one: a method's training batches may add axes (clients, members).
+    dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in task.eval_batch_spec(1).items()}
     return task.init(rng, dummy)["params"]
 
   boxed = jax.eval_shape(init_params, jax.random.key(0))
@@ -113,10 +134,12 @@ def state_layout(task: Task, tx, config, mesh) -> tuple[TrainState, TrainState, 
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
 
-  def init(rng):
-    params = nn.meta.unbox(init_params(rng))
+  def init(seed):
+    params = nn.meta.unbox(init_params(stream_key(seed, PARAMS_STREAM)))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
+  if task.members > 1:  # an ensemble: every member's state, stacked
+    return ensemble.stacked_layout(abstract, shardings, init, task.members, mesh)
   return abstract, shardings, init
 
 
@@ -124,7 +147,7 @@ def state_layout(task: Task, tx, config, mesh) -> tuple[TrainState, TrainState, 
 class Programs:
   """The compiled programs of a run. `eval_step` may still be compiling: `.result()` waits."""
 
-  init: Any  # rng -> TrainState, created directly in its sharded layout
+  init: Any  # seed -> TrainState, created directly in its sharded layout
   train_step: Any  # (state, batch) -> (state, metrics); the state is donated
   eval_step: concurrent.futures.Future  # (params, batch) -> eval sums
   compile_seconds: float
@@ -139,8 +162,8 @@ class Run:
   mesh_shape: dict[str, int]
   mesh: jax.sharding.Mesh
   task: Task
-  tx: optax.GradientTransformation
-  lr_schedule: optax.Schedule
+  tx: Any  # an optax.GradientTransformation, or optim.GroupOptimizers (several, by parameter group)
+  lr_schedule: Any  # its optax.Schedule, or {group: schedule}
   abstract: TrainState  # ShapeDtypeStructs carrying their shardings
   shardings: TrainState
   init_fn: Callable
@@ -158,16 +181,20 @@ class Run:
   def batch_sharding(self):
     return sharding.batch_sharding(self.mesh)
 
-  def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract_batch(self, training: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+    """A training (or evaluation) batch with its sharding."""
+    spec = self.task.batch_spec if training else self.task.eval_batch_spec
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
-            for k, v in self.task.batch_spec(self.config.batch_size).items()}
+            for k, v in spec(self.config.batch_size).items()}
 
   def global_batch(self, local_batch: dict) -> dict[str, jax.Array]:
     return sharding.global_batch(local_batch, self.mesh)
 
   def lower_train_step(self):
-    step = jax.jit(make_train_step(self.task, self.tx, self.lr_schedule, self.config),
-                   in_shardings=(self.shardings, self.batch_sharding),
+    train_step = make_train_step(self.task, self.tx, self.lr_schedule, self.config)
+    if self.task.members > 1:
+      train_step = ensemble.vmapped_train_step(train_step, self.task.members, self.config.seed)
+    step = jax.jit(train_step, in_shardings=(self.shardings, self.batch_sharding),
                    out_shardings=(self.shardings, sharding.replicated(self.mesh)),
                    donate_argnums=0)
     with self.activate():
@@ -177,11 +204,12 @@ class Run:
     step = jax.jit(self.task.eval_sums, in_shardings=(self.shardings.params, self.batch_sharding),
                    out_shardings=sharding.replicated(self.mesh))
     with self.activate():
-      return step.lower(self.abstract.params, self.abstract_batch())
+      return step.lower(self.abstract.params, self.abstract_batch(training=False))
 
   def lower_init(self):
     with self.activate():
-      return jax.jit(self.init_fn, out_shardings=self.shardings).lower(jax.random.key(0))
+      seed = jax.ShapeDtypeStruct((), jnp.int32)
+      return jax.jit(self.init_fn, out_shardings=self.shardings).lower(seed)
 
   def compile(self, init: bool = True) -> Programs:
     """Lowers init, train and eval steps (Python, one at a time), then compiles them at once:
@@ -200,7 +228,7 @@ class Run:
 
   def fresh_state(self, programs: Programs) -> TrainState:
     """Step 0: initialised from the seed in its sharded layout, then `init_from`'s parameters."""
-    state = programs.init(jax.random.fold_in(jax.random.key(self.config.seed), PARAMS_STREAM))
+    state = programs.init(jnp.int32(self.config.seed))
     if self.config.init_from:
       state = state.replace(params=finetune.load_pretrained(state.params, self.abstract.params,
                                                             self.config.init_from))
@@ -230,7 +258,7 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
   mesh_shape = check_config(config, len(devices), jax.process_count())
   use_compilation_cache(config.compilation_cache_dir)
   task = make_task(config, mesh_shape)
-  tx, lr_schedule = make_tx(config)
+  tx, lr_schedule = make_optimizers(task, config)
   mesh = sharding.make_mesh(mesh_shape, devices)
   with tracing_context(mesh, config):
     abstract, shardings, init_fn = state_layout(task, tx, config, mesh)

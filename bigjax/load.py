@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from bigjax import build, checkpoint
+from bigjax import build, checkpoint, methods
 from bigjax.config_checks import ConfigError
 from bigjax.hf import convert, files
 from bigjax.tasks.base import Task
@@ -82,6 +82,7 @@ def layout_config(config: ml_collections.ConfigDict, num_devices: int,
   config = ml_collections.ConfigDict(config.to_dict())
   config.mesh.update(mesh or {"data": -1, "fsdp": 1, "tensor": 1})
   config.batch_size = num_devices  # no batch is read; this only satisfies the layout checks
+  methods.training_only_off(config)
   config.optim.grad_accum_steps = 1
   config.optim.warmup_steps = 0  # no update is made: the schedule (and its warnings) are moot
   config.init_from = ""

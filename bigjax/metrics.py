@@ -20,6 +20,7 @@ import optax
 # 1e-7 of 0 or 1) share the edge bins.
 AUC_BINS = 4096
 AUC_LIMIT = 16.0
+CALIBRATION_BINS = 15  # the usual number for expected calibration error
 
 
 # On device, per batch.
@@ -70,6 +71,19 @@ def classification_sums(logits_BxC, labels_B, weights_B) -> dict[str, jax.Array]
           "auc_positives": positives_CxN, "auc_negatives": negatives_CxN}
 
 
+def calibration_sums(logits_BxC, labels_B, weights_B, bins: int = CALIBRATION_BINS):
+  """Per confidence bin (equal widths over [0, 1]): weighted count, summed confidence (the top
+  probability) and summed correctness, for the expected calibration error."""
+  probs_BxC = jax.nn.softmax(logits_BxC.astype(jnp.float32))
+  confidence_B = probs_BxC.max(-1)
+  correct_B = (probs_BxC.argmax(-1) == labels_B).astype(jnp.float32)
+  bin_B = jnp.clip(jnp.floor(confidence_B * bins).astype(jnp.int32), 0, bins - 1)
+  weights_B = weights_B.astype(jnp.float32)
+  per_bin = lambda x_B: jnp.zeros(bins, jnp.float32).at[bin_B].add(weights_B * x_B)
+  return {"count": per_bin(jnp.ones_like(confidence_B)), "confidence": per_bin(confidence_B),
+          "correct": per_bin(correct_B)}
+
+
 def regression_sums(preds_B, targets_B, weights_B) -> dict[str, jax.Array]:
   """Weighted sums of errors and of targets (for R^2), for one batch."""
   preds_B, targets_B = preds_B.astype(jnp.float32), targets_B.astype(jnp.float32)
@@ -81,6 +95,14 @@ def regression_sums(preds_B, targets_B, weights_B) -> dict[str, jax.Array]:
 
 
 # On host, from the sums of all batches.
+
+
+def calibration_summary(sums) -> float:
+  """Expected calibration error: sum over bins of |accuracy - confidence|, weighted by the
+  bin's share of examples (Guo et al., 2017)."""
+  count = np.asarray(sums["count"], np.float64)
+  gap = np.abs(np.asarray(sums["correct"], np.float64) - np.asarray(sums["confidence"], np.float64))
+  return float(gap.sum() / count.sum())
 
 
 def _divide(numerator, denominator):

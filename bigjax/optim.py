@@ -1,8 +1,12 @@
-"""The optax optimizer and learning-rate schedule named by `config.optim`."""
+"""The optax optimizer and learning-rate schedule named by `config.optim`; several optimizers
+over parameter groups (`GroupOptimizers`) for tasks that train several models (a GAN)."""
+
+from typing import NamedTuple
 
 import logging
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -65,3 +69,33 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps: int, skip_nonfinite:
     # Keeps params and optimizer state unchanged on a step whose gradients are not finite.
     tx = optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
   return tx, lr
+
+
+class GroupOptimizers(NamedTuple):
+  """Several optimizers, one per top-level parameter group, each stepping only in its own phase.
+
+  Each is `optax.masked` to its group, so its state spans the whole parameter tree with
+  MaskedNode outside the group: `optax.tree_map_params` lays it out like any one optimizer's
+  state, and a checkpoint holds it like any other. The state is {group: that optimizer's state}.
+  """
+
+  by_group: dict[str, optax.GradientTransformation]
+
+  @classmethod
+  def over(cls, optimizers: dict[str, optax.GradientTransformation]) -> "GroupOptimizers":
+    masks = {group: (lambda params, group=group: {k: k == group for k in params})
+             for group in optimizers}
+    return cls({group: optax.masked(tx, masks[group]) for group, tx in optimizers.items()})
+
+  def init(self, params):
+    return {group: tx.init(params) for group, tx in self.by_group.items()}
+
+  def update_group(self, group: str, grads, state, params):
+    """(updates of `group`'s parameters, new state): only `group`'s optimizer steps.
+
+    Its masked optimizer takes gradients for the whole tree and passes the other groups' through
+    untouched: zeros here, and never applied.
+    """
+    whole = {**jax.tree.map(jnp.zeros_like, params), group: grads}
+    updates, group_state = self.by_group[group].update(whole, state[group], params)
+    return updates[group], {**state, group: group_state}

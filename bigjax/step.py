@@ -1,11 +1,12 @@
-"""One optimizer update: `train_step(state, batch) -> (state, metrics)`, jitted once by `build`.
+"""One train step: `train_step(state, batch) -> (state, metrics)`, jitted once by `build`.
 
 The task returns sums (`Loss.total` over `Loss.weight`), so a batch split into microbatches adds
 the sums and their gradients and divides once: gradient accumulation gives exactly the
 full-batch gradient even when microbatches hold different numbers of real tokens.
 """
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -13,10 +14,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from bigjax.tasks.base import Loss, Task
+from bigjax.tasks.base import Loss, Phase, Task
 
 # Purposes the root key is split into; folding a constant keeps each stream fixed by the seed.
 PARAMS_STREAM, DROPOUT_STREAM, SAMPLE_STREAM = 0, 1, 2
+
+
+def stream_key(seed, stream: int) -> jax.Array:
+  """The key of one purpose, from the seed alone (the seed may be traced: ensemble members)."""
+  return jax.random.fold_in(jax.random.key(seed), stream)
 
 
 @flax.struct.dataclass
@@ -35,11 +41,15 @@ def global_norm(tree) -> jax.Array:
   return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
 
 
-def summed_gradients(task: Task, params, batch, rng, accum: int) -> tuple[Loss, Any]:
-  """(the batch's Loss sums, the gradient of Loss.total), over `accum` microbatches."""
+def summed_gradients(loss: Callable[..., Loss], params, batch, rng,
+                     accum: int) -> tuple[Loss, Any]:
+  """(the batch's Loss sums, the gradient of Loss.total), over `accum` microbatches.
+
+  `loss(params, batch, rng) -> Loss` is a training loss (a phase's, with train=True).
+  """
 
   def one(microbatch, key):
-    grad_fn = jax.grad(lambda p: (lambda s: (s.total, s))(task.loss(p, microbatch, key, True)),
+    grad_fn = jax.grad(lambda p: (lambda s: (s.total, s))(loss(p, microbatch, key)),
                        has_aux=True)
     grads, sums = grad_fn(params)
     return sums, grads
@@ -59,30 +69,90 @@ def summed_gradients(task: Task, params, batch, rng, accum: int) -> tuple[Loss, 
   return total
 
 
-def make_train_step(task: Task, tx: optax.GradientTransformation, lr_schedule,
-                    config: ml_collections.ConfigDict):
-  """train_step(state, batch) -> (state, metrics): one update, maybe over microbatches.
+def mean_gradient(loss: Callable[..., Loss], params, batch, rng, step,
+                  accum: int) -> tuple[dict[str, jax.Array], Any]:
+  """The default `Task.gradients`: (the loss and the task's metrics, the gradient), all means
+  over the batch: the sums of every microbatch divided once by their total weight."""
+  del step  # the mean gradient is the same at every step
+  sums, grad_sums = summed_gradients(loss, params, batch, rng, accum)
+  weight = jnp.maximum(sums.weight.astype(jnp.float32), jnp.finfo(jnp.float32).tiny)
+  scalars = {"loss": sums.total / weight, **{k: v / weight for k, v in sums.metrics.items()}}
+  return scalars, jax.tree.map(lambda g: g / weight, grad_sums)
+
+
+def skipped_updates(opt_state) -> jax.Array | None:
+  """Updates dropped as non-finite so far (optax.apply_if_finite, one count per optimizer), or
+  None when no optimizer skips them."""
+  is_counter = lambda x: isinstance(x, optax.ApplyIfFiniteState)
+  counters = [x for x in jax.tree.leaves(opt_state, is_leaf=is_counter) if is_counter(x)]
+  return sum(c.total_notfinite for c in counters) if counters else None
+
+
+def make_train_step(task: Task, tx, lr_schedule, config: ml_collections.ConfigDict):
+  """train_step(state, batch) -> (state, metrics): the task's phases, one after the other.
+
+  By default a task has one phase: every parameter, `task.loss`, the run's one optimizer (`tx`),
+  maybe over microbatches. A task with several optimizers (`tx` an optim.GroupOptimizers) updates
+  one parameter group per phase, with the parameters the earlier phases left. Each phase's
+  gradient comes from `task.gradients` (default `mean_gradient`).
 
   Metrics: the loss and the task's own metrics, gradient, parameter and update norms (a run that
   is about to diverge shows it there first), the learning rate, and, when non-finite updates are
-  skipped (`tx` wrapped last in optax.apply_if_finite), how many were.
+  skipped (optax.apply_if_finite), how many were. A named phase reports them as train/NAME/...,
+  and train/loss is then the sum of the phases' losses.
   """
-  accum = config.optim.grad_accum_steps
-  dropout_key = jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM)
+  gradients = task.gradients or functools.partial(
+      mean_gradient, accum=config.optim.grad_accum_steps)
 
-  def train_step(state: TrainState, batch):
-    rng = jax.random.fold_in(dropout_key, state.step)  # a resumed run draws the same dropout
-    sums, grad_sums = summed_gradients(task, state.params, batch, rng, accum)
-    weight = jnp.maximum(sums.weight.astype(jnp.float32), jnp.finfo(jnp.float32).tiny)
-    grads = jax.tree.map(lambda g: g / weight, grad_sums)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"train/loss": sums.total / weight, "train/grad_norm": global_norm(grads),
-               "train/param_norm": global_norm(params),
-               "train/update_norm": global_norm(updates), "train/lr": lr_schedule(state.step),
-               **{f"train/{k}": v / weight for k, v in sums.metrics.items()}}
-    if isinstance(opt_state, optax.ApplyIfFiniteState):
-      metrics["train/skipped_steps"] = opt_state.total_notfinite
+  def update(phase: Phase, step, params, opt_state, batch, rng):
+    """One update of `phase`'s parameter group: (params, opt_state, metrics)."""
+    group = phase.group
+    own = params[group] if group else params
+    loss = lambda p, b, r: phase.loss({**params, group: p} if group else p, b, r, True)
+    scalars, grads = gradients(loss, own, batch, rng, step)
+    if group:
+      updates, opt_state = tx.update_group(group, grads, opt_state, params)
+      params = {**params, group: optax.apply_updates(own, updates)}
+    else:
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+    norms = {"grad_norm": global_norm(grads), "update_norm": global_norm(updates)}
+    return params, opt_state, {**scalars, **norms}
+
+  def repeated(phase: Phase, step, params, opt_state, batch, rng):
+    """`phase.repeat` updates, update j on rows j, j+repeat, ...; metrics are their means."""
+    if phase.repeat == 1:
+      return update(phase, step, params, opt_state, batch, rng)
+    rows = jax.tree.map(lambda x: x.reshape(-1, phase.repeat, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def one(carry, j):
+      params, opt_state, metrics = update(phase, step, *carry,
+                                          jax.tree.map(lambda x: x[j], rows),
+                                          jax.random.fold_in(rng, j))
+      return (params, opt_state), metrics
+
+    (params, opt_state), metrics = jax.lax.scan(one, (params, opt_state),
+                                                jnp.arange(phase.repeat))
+    return params, opt_state, jax.tree.map(jnp.mean, metrics)
+
+  def train_step(state: TrainState, batch, seed=config.seed):
+    """`seed` is config.seed; an ensemble's vmapped step passes each member's own."""
+    # A resumed run draws the same dropout: the key depends on the seed and the step alone.
+    rng = jax.random.fold_in(stream_key(seed, DROPOUT_STREAM), state.step)
+    params, opt_state, metrics = state.params, state.opt_state, {}
+    for i, phase in enumerate(task.phases):
+      params, opt_state, phase_metrics = repeated(phase, state.step, params, opt_state, batch,
+                                                  jax.random.fold_in(rng, i) if i else rng)
+      prefix = f"train/{phase.name}/" if phase.name else "train/"
+      metrics |= {prefix + k: v for k, v in phase_metrics.items()}
+      schedule = lr_schedule[phase.group] if phase.group else lr_schedule
+      metrics[prefix + "lr"] = schedule(state.step * phase.repeat)
+    if "train/loss" not in metrics:
+      metrics["train/loss"] = sum(metrics[f"train/{p.name}/loss"] for p in task.phases)
+    metrics["train/param_norm"] = global_norm(params)
+    skipped = skipped_updates(opt_state)
+    if skipped is not None:
+      metrics["train/skipped_steps"] = skipped
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

@@ -136,6 +136,49 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9  # sgd momentum
   c.optim.grad_accum_steps = 1  # microbatches per update; the batch is split along its rows
 
+  c.gan = ml_collections.ConfigDict()
+  c.gan.discriminator_steps = 1  # k: discriminator updates per generator update, all in one train step
+  c.gan.generator_lr = 2e-4  # the generator's own optimizer (config.optim otherwise)
+  c.gan.discriminator_lr = 2e-4  # the discriminator's own optimizer (config.optim otherwise)
+  c.gan.classifier = ""  # workdir of a digits classifier (configs/digits_mlp.py) that scores samples at eval ("" = no score)
+
+  c.ensemble = ml_collections.ConfigDict()
+  c.ensemble.members = 1  # K models trained side by side in one vmapped step; member k is the run with seed + k
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_padding = 0  # images: zero-pad this many pixels per side, then crop back at random (0 = off)
+  c.augment.flip = False  # images: random horizontal flip (only where a mirror image keeps its label)
+  c.augment.rotate_degrees = 0.0  # images: rotate by a uniform angle within +-this
+  c.augment.brightness = 0.0  # images: add a uniform shift within +-this
+  c.augment.contrast = 0.0  # images: scale contrast by a uniform factor within 1 +- this
+  c.augment.mixup_alpha = 0.0  # images: mixup with Beta(alpha, alpha) blends (0 = off)
+  c.augment.cutmix_alpha = 0.0  # images: cutmix with Beta(alpha, alpha) box shares (0 = off)
+  c.augment.token_delete = 0.0  # text_classify: drop each text token with this probability
+  c.augment.token_swap = 0.0  # text_classify: swap a token with its neighbour with this probability
+  c.augment.token_mask = 0.0  # text_classify: replace a token by [MASK] with this probability
+
+  c.adversarial = ml_collections.ConfigDict()
+  c.adversarial.attack = ""  # adversarial training: "fgsm" or "pgd" ("" = standard training)
+  c.adversarial.epsilon = 0.0  # L-infinity radius in pixels of [0, 1]; > 0 also adds eval robust accuracy (PGD-10)
+  c.adversarial.steps = 10  # PGD steps in training
+  c.adversarial.step_size = 0.025  # PGD step size in training
+  c.adversarial.mix = 0.5  # chance that a training example is replaced by its adversarial version
+
+  c.federated = ml_collections.ConfigDict()
+  c.federated.clients = 0  # FedAvg over this many simulated clients, one round per step (0 = off)
+  c.federated.clients_per_round = 0  # clients sampled each round, without replacement (0 = all)
+  c.federated.split = "iid"  # "iid" or "dirichlet" (each class spread over clients by Dirichlet(alpha))
+  c.federated.alpha = 0.5  # Dirichlet concentration of split="dirichlet" (smaller = more skewed)
+  c.federated.local_epochs = 1  # epochs each client trains per round, in local batches of batch_size
+  c.federated.client_lr = 0.1  # clients' SGD step size (the server applies config.optim)
+
+  c.privacy = ml_collections.ConfigDict()
+  c.privacy.clip_norm = 0.0  # DP-SGD: clip each example's gradient (a client's change, federated) to this L2 norm (0 = off)
+  c.privacy.noise_multiplier = 0.0  # Gaussian noise std as a multiple of clip_norm
+  c.privacy.target_epsilon = 0.0  # > 0: calibrate noise_multiplier to spend this epsilon by the last step
+  c.privacy.delta = 1e-5  # the delta of the (epsilon, delta) guarantee
+  c.privacy.expected_batch_size = 0  # Poisson sampling's mean batch (rate = this / examples); batch_size rows hold the draws
+
   c.tracking = ml_collections.ConfigDict()
   c.tracking.wandb = "disabled"  # "disabled", "offline" (no key, no network) or "online"
   c.tracking.project = "bigjax"  # W&B project

@@ -18,6 +18,7 @@ import re
 from bigjax import optim, tracking
 from bigjax.config_checks import (DTYPES, Choice, ConfigError, Custom, Flag, Integer, Number,
                                   Path, Regex, Sizes, Text)
+from bigjax.methods import adversarial, federated
 from bigjax.models import layers, vision
 from bigjax.sharding import AXES
 from bigjax.tasks import TASKS
@@ -47,6 +48,12 @@ def _sharding_rules(key, value):
 def _class_names(key, value):
   if not (isinstance(value, (tuple, list)) and all(isinstance(v, str) and v for v in value)):
     raise ConfigError(f"{key}={value!r} must be a tuple of class names (non-empty strings)")
+
+
+def _clip_norm(key, value):
+  """inf is allowed: noise with no clipping, the plain step's gradient (a test of the DP path)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    raise ConfigError(f"{key}={value!r} must be a number >= 0 (0 = off)")
 
 
 def _chat_template(key, value):
@@ -155,7 +162,7 @@ SCHEMA = {
     "seq2seq.length_penalty": Number(min=0),
 
     "optim.name": Choice(optim.OPTIMIZERS),
-    "optim.lr": Number(above=0),
+    "optim.lr": Number(min=0),  # 0 keeps the parameters as they are (a baseline, a check)
     "optim.schedule": Choice(optim.SCHEDULES),
     "optim.warmup_steps": Integer(min=0),
     "optim.min_lr_ratio": Number(min=0, max=1),
@@ -177,6 +184,37 @@ SCHEMA = {
     "sample.temperature": Number(min=0),
     "sample.top_k": Integer(min=0),  # the LM task checks it against the vocabulary
     "sample.top_p": Number(above=0, max=1),
+    "gan.discriminator_steps": Integer(min=1),
+    "gan.generator_lr": Number(above=0),
+    "gan.discriminator_lr": Number(above=0),
+    "gan.classifier": Path(kind="dir", must_exist=True),
+    "ensemble.members": Integer(min=1),
+    "augment.crop_padding": Integer(min=0),
+    "augment.flip": Flag(),
+    "augment.rotate_degrees": Number(min=0, max=180),
+    "augment.brightness": Number(min=0),
+    "augment.contrast": Number(min=0, below=1),
+    "augment.mixup_alpha": Number(min=0),
+    "augment.cutmix_alpha": Number(min=0),
+    "augment.token_delete": Number(min=0, below=1),
+    "augment.token_swap": Number(min=0, max=1),
+    "augment.token_mask": Number(min=0, max=1),
+    "adversarial.attack": Choice(("", *adversarial.ATTACKS)),
+    "adversarial.epsilon": Number(min=0),
+    "adversarial.steps": Integer(min=1),
+    "adversarial.step_size": Number(above=0),
+    "adversarial.mix": Number(min=0, max=1),
+    "federated.clients": Integer(min=0),
+    "federated.clients_per_round": Integer(min=0),
+    "federated.split": Choice(federated.SPLITS),
+    "federated.alpha": Number(above=0),
+    "federated.local_epochs": Integer(min=1),
+    "federated.client_lr": Number(above=0),
+    "privacy.clip_norm": Custom(_clip_norm, bad=(-1.0, "1", float("nan"))),
+    "privacy.noise_multiplier": Number(min=0),
+    "privacy.target_epsilon": Number(min=0),
+    "privacy.delta": Number(above=0, below=1),
+    "privacy.expected_batch_size": Integer(min=0),
 }
 
 # What a resumed run may change: how long it runs, how often it evaluates, saves and logs, where

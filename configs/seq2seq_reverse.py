@@ -7,7 +7,10 @@ algorithm: `:reverse` (default), `:sort`, `:addition` (e.g. "123+45" -> "168").
 
 Measured on a shared 2-core CPU (about 2 minutes a run, 25 s of it compiling): reverse reaches
 exact match 1.000 with both greedy and beam-4 decoding on 1024 held-out pairs; sort 0.969 (beam,
-128 pairs); addition stays at 0.000 (BLEU 1.3): it needs a far longer run than this recipe.
+128 pairs). Addition trains longer at a lower learning rate (10,000 steps at 1e-3): with the sum
+written most significant digit first, the first output digit already depends on every carry, and
+the model finds the carries late: exact match is 0.000 after 1,000 steps (where the reverse recipe
+stops) and 0.008 after 2,500, then 0.73 at 5,000 and 0.977 at 10,000 (README, Measured results).
 """
 
 from configs import base
@@ -34,4 +37,9 @@ def get_config(variant: str = "reverse"):
   c.optim.warmup_steps = 100
   c.optim.weight_decay = 0.0
   c.seq2seq.beam_size = 4
+  if c.data.name == "addition":
+    c.steps = 10_000
+    c.eval_every = 2500
+    c.checkpoint_every = 2500
+    c.optim.lr = 1e-3
   return c

@@ -153,3 +153,25 @@ def lm_run(corpus_path, tmp_path_factory) -> str:
   config = tiny_config(corpus_path, **{"data.chat_template": "plain",
                                        "model.tie_embeddings": False})
   return initialised_run(config, str(tmp_path_factory.mktemp("lm_run")))
+
+
+@pytest.fixture(scope="session")
+def killed_and_resumed(read_checkpoint):
+  """killed_and_resumed(config, workdir) -> (straight, resumed): the newest (step, TrainState)
+  of `config` trained to its last step, and again after that step's checkpoint is deleted and the
+  run restarted (as if killed between its last two saves; config.checkpoint_every must save
+  earlier). A method resumes exactly when the two are bitwise equal."""
+  import shutil
+
+  import jax
+
+  from bigjax import train
+
+  def run(config, workdir):
+    train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+    straight = read_checkpoint(config, workdir)
+    shutil.rmtree(f"{workdir}/checkpoints/{config.steps}")
+    train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+    return straight, read_checkpoint(config, workdir)
+
+  return run

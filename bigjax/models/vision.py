@@ -1,4 +1,5 @@
-"""Small image and tabular models: MLP, CNN and ViT classifiers; a convolutional autoencoder/VAE.
+"""Small image and tabular models: MLP, CNN and ViT classifiers; a convolutional autoencoder/VAE;
+a DCGAN-style generator and discriminator.
 
 Tensor names end in their shape, with these letters:
   B batch, H height, W width, C channels, F features of a flat vector, O outputs (classes or
@@ -189,6 +190,66 @@ class AutoEncoder(nn.Module):
     if self.variational and noise_BxZ is not None:
       z_BxZ = mean_BxZ + jnp.exp(0.5 * log_variance_BxZ) * noise_BxZ
     return self.decode(z_BxZ), mean_BxZ, log_variance_BxZ
+
+
+class Generator(nn.Module):
+  """DCGAN's generator without batch norm: code z_BxZ -> dense -> the smallest feature map ->
+  stride-2 transposed convs (each doubles H and W) -> per-pixel logits (sigmoid: pixels)."""
+
+  cfg: VisionConfig
+
+  @nn.compact
+  def __call__(self, z_BxZ):
+    cfg = self.cfg
+    H, W, C = cfg.input_shape
+    shrink = 2 ** len(cfg.channels)
+    small = (H // shrink, W // shrink, cfg.channels[-1])
+    last_axis = _hidden_axis(len(cfg.channels) - 1)
+    x = nn.relu(_dense(cfg, math.prod(small), (None, last_axis), "from_code")(z_BxZ))
+    x_BxHxWxC = x.reshape(z_BxZ.shape[0], *small)
+    widths = list(reversed(cfg.channels[:-1])) + [C]
+    for i, width in enumerate(widths):
+      x_BxHxWxC = _conv(cfg, width, (None, None), f"deconv_{i}", stride=2, transpose=True)(
+          x_BxHxWxC)
+      if i < len(widths) - 1:
+        x_BxHxWxC = nn.relu(x_BxHxWxC)
+    return x_BxHxWxC
+
+
+class Discriminator(nn.Module):
+  """Stride-2 convs with leaky ReLU (DCGAN's), then a dense layer to one real-vs-fake logit."""
+
+  cfg: VisionConfig
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    for i, width in enumerate(self.cfg.channels):
+      x_BxHxWxC = nn.leaky_relu(_conv(self.cfg, width, (None, _hidden_axis(i)), f"conv_{i}",
+                                      stride=2)(x_BxHxWxC), 0.2)
+    x_BxF = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
+    last_axis = _hidden_axis(len(self.cfg.channels) - 1)
+    return _dense(self.cfg, 1, (last_axis, None), "logit")(x_BxF)[:, 0]
+
+
+class GAN(nn.Module):
+  """A generator and a discriminator: the parameters' two top-level groups, one optimizer each."""
+
+  cfg: VisionConfig
+
+  def setup(self):
+    self.generator = Generator(self.cfg)
+    self.discriminator = Discriminator(self.cfg)
+
+  def generate(self, z_BxZ):
+    """Images in [0, 1]."""
+    return nn.sigmoid(self.generator(z_BxZ).astype(jnp.float32))
+
+  def discriminate(self, x_BxHxWxC):
+    """Logits of "real"."""
+    return self.discriminator(x_BxHxWxC).astype(jnp.float32)
+
+  def __call__(self, z_BxZ, x_BxHxWxC):
+    return self.generate(z_BxZ), self.discriminate(x_BxHxWxC)
 
 
 # The one table from `config.model.name` to a module; tasks say which of these they accept.

@@ -1,6 +1,7 @@
 """The one table from `config.task` to the objective the loop trains."""
 
 from bigjax.tasks.classify import ClassifyTask
+from bigjax.tasks.gan import GANTask
 from bigjax.tasks.lm import LanguageModelTask
 from bigjax.tasks.mlm import MaskedLanguageModelTask
 from bigjax.tasks.reconstruct import ReconstructTask
@@ -12,6 +13,7 @@ from bigjax.tasks.text_classify import TextClassificationTask
 TASKS = {
     "lm": LanguageModelTask,
     "classify": ClassifyTask,
+    "gan": GANTask,
     "regress": RegressTask,
     "reconstruct": ReconstructTask,
     "mlm": MaskedLanguageModelTask,

@@ -14,7 +14,7 @@ microbatches, the padding or the devices.
 
 import abc
 import dataclasses
-from typing import Any, Iterable, NamedTuple, Protocol
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 import flax.linen as nn
 import jax
@@ -62,6 +62,24 @@ class TrainData(Protocol):
   def __iter__(self) -> DataIterator: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One optimizer update inside a train step.
+
+  The gradient of `loss` (the task's `loss` signature, over the whole parameter tree) with respect
+  to the parameter group `group` alone, applied by that group's own optimizer: `config.optim` with
+  `optim` overriding some of its keys (e.g. {"lr": 2e-4}). `group` is a top-level key of the
+  parameters; "" means every parameter and the run's one optimizer. A phase is applied `repeat`
+  times in a row, update i on batch rows i, i + repeat, ... (so the batch divides by `repeat`).
+  """
+
+  name: str  # its metrics are train/NAME/... ("" for the single default phase: train/...)
+  loss: Callable[..., "Loss"]
+  group: str = ""
+  repeat: int = 1
+  optim: dict = dataclasses.field(default_factory=dict)
+
+
 def dropout_rngs(rng: jax.Array | None) -> dict[str, jax.Array]:
   """`rngs=` for `model.apply`: training passes a key, evaluation none (dropout is off)."""
   return {} if rng is None else {"dropout": rng}
@@ -82,6 +100,20 @@ class Task(abc.ABC):
   metric_names: tuple[str, ...]
   tokenizer = None  # text tasks: encode(str) -> ids, decode(ids) -> str
 
+  # How the train step updates the parameters: hooks with defaults, which a task with several
+  # optimizers (a GAN) or a training method wrapping a task (bigjax.methods) overrides.
+  #
+  # `gradients(loss, params, batch, rng, step) -> (scalars, gradient)`: how a phase's training
+  # loss (`loss(params, batch, rng) -> Loss`) becomes the gradient its optimizer applies, with the
+  # scalars logged as train/NAME. None: the gradient of the batch's mean loss
+  # (bigjax.step.mean_gradient). DP-SGD clips and noises per-example gradients; federated
+  # averaging runs a round of client training instead.
+  gradients: Callable | None = None
+  # Models trained side by side in one step (an ensemble): the state and the training batches
+  # gain a member axis, and build vmaps init and the train step over it; member k is exactly the
+  # run with seed + k.
+  members: int = 1
+
   def __init__(self, config: ml_collections.ConfigDict, process_index: int = 0,
                process_count: int = 1):
     self.config = config
@@ -94,6 +126,17 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes and dtypes of a batch of `batch_size` rows."""
+
+  def eval_batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of an evaluation batch: those of a training batch unless a method reshapes training
+    batches (a federated round holds many clients' data; evaluation reads plain batches)."""
+    return self.batch_spec(batch_size)
+
+  @property
+  def phases(self) -> tuple[Phase, ...]:
+    """The updates of one train step, in order; by default one: every parameter, `loss`, the
+    run's optimizer."""
+    return (Phase("", self.loss),)
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, batch: Batch) -> dict:
@@ -137,3 +180,86 @@ class TransformerTask(Task):
 
   def check_mesh(self, mesh_shape: dict[str, int]) -> None:
     self.model_cfg.check_mesh(mesh_shape)
+
+
+class TaskWrapper(Task):
+  """A training method around a task: every part of the contract is the inner task's unless the
+  method overrides it, and other attributes (model, model_cfg, ...) read through to it.
+
+  A method that changes the training loss (augmentation, adversarial examples) overrides
+  `transform_loss`, and so changes the loss of every phase (both of a GAN's, say).
+  """
+
+  def __init__(self, inner: Task):
+    super().__init__(inner.config, inner.process_index, inner.process_count)
+    self.inner = inner
+
+  def __getattr__(self, name):
+    if name == "inner":  # not set yet (copying, unpickling): never recurse
+      raise AttributeError(name)
+    return getattr(self.inner, name)
+
+  @property
+  def model(self):
+    return self.inner.model
+
+  @property
+  def throughput_unit(self):
+    return self.inner.throughput_unit
+
+  @property
+  def metric_names(self):
+    return self.inner.metric_names
+
+  @property
+  def tokenizer(self):
+    return self.inner.tokenizer
+
+  @property
+  def gradients(self):
+    return self.inner.gradients
+
+  @property
+  def members(self):
+    return self.inner.members
+
+  def transform_loss(self, loss: Callable[..., Loss]) -> Callable[..., Loss]:
+    return loss
+
+  @property
+  def phases(self):
+    return tuple(dataclasses.replace(p, loss=self.transform_loss(p.loss))
+                 for p in self.inner.phases)
+
+  def check_mesh(self, mesh_shape):
+    self.inner.check_mesh(mesh_shape)
+
+  def batch_spec(self, batch_size):
+    return self.inner.batch_spec(batch_size)
+
+  def eval_batch_spec(self, batch_size):
+    return self.inner.eval_batch_spec(batch_size)
+
+  def init(self, rng, batch):
+    return self.inner.init(rng, batch)
+
+  def loss(self, params, batch, rng, train):
+    return self.transform_loss(self.inner.loss)(params, batch, rng, train)
+
+  def eval_sums(self, params, batch):
+    return self.inner.eval_sums(params, batch)
+
+  def eval_summary(self, sums):
+    return self.inner.eval_summary(sums)
+
+  def train_data(self, local_batch, seed):
+    return self.inner.train_data(local_batch, seed)
+
+  def eval_data(self, local_batch, num_batches):
+    return self.inner.eval_data(local_batch, num_batches)
+
+  def flops_per_example(self, params):
+    return self.inner.flops_per_example(params)
+
+  def finish(self, params, rng):
+    return self.inner.finish(params, rng)

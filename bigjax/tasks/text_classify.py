@@ -17,7 +17,7 @@ import optax
 
 from bigjax import metrics
 from bigjax.config_checks import ConfigError
-from bigjax.data import pipeline
+from bigjax.data import augment, pipeline
 from bigjax.data import text_classify as classify_data
 from bigjax.models import bert
 from bigjax.tasks.base import Loss, Report, TransformerTask, dropout_rngs
@@ -77,7 +77,7 @@ class TextClassificationTask(TransformerTask):
     return classification_report(sums, self.class_names)
 
   def train_data(self, local_batch: int, seed: int):
-    examples = self._examples("train")
+    examples = augment.corrupted(self._examples("train"), self.config.augment, self.special)
     return pipeline.train_batches(pipeline.shuffled(len(examples), seed), examples.example,
                                   local_batch, seed, self.process_index, self.process_count,
                                   self.config.data.workers)
