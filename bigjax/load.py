@@ -7,7 +7,9 @@
 
 `path` is a workdir, its `checkpoints` (or `best`) directory, or one step directory. Parameters
 are read straight onto the available devices (replicated, or FSDP-sharded with `mesh`); the
-optimizer state is never read.
+optimizer state is never read. A LoRA run's checkpoint holds its adapters: the base is rebuilt
+from the run's reference to it (init_from). A quantized run (bigjax.quantize) loads as integers.
+`save` writes the parameters-only runs that `bigjax.lora merge` and `bigjax.quantize` produce.
 """
 
 import dataclasses
@@ -18,7 +20,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from bigjax import build, checkpoint
+from bigjax import build, checkpoint, config_checks
+from bigjax.adapt import lora
 from bigjax.config_checks import ConfigError
 from bigjax.tasks.base import Task
 
@@ -72,7 +75,7 @@ def layout_config(config: ml_collections.ConfigDict, num_devices: int,
   config.mesh.update(mesh or {"data": -1, "fsdp": 1, "tensor": 1})
   config.batch_size = num_devices  # no batch is read; this only satisfies the layout checks
   config.optim.grad_accum_steps = 1
-  config.init_from = ""
+  config.init_from = config.init_from if lora.enabled(config) else ""  # a LoRA run's base
   config.compilation_cache_dir = ""
   config.lock()
   return config
@@ -90,6 +93,23 @@ def load(path: str, best: bool = False, devices=None,
   devices = list(devices if devices is not None else jax.devices())
   run = build.build(layout_config(config, len(devices), mesh), devices)
   params = checkpoint.restore_params(os.path.join(directory, str(step), "state"),
-                                     run.abstract.params)
+                                     run.checkpointed(run.abstract).params)
+  if lora.enabled(config):  # adapters alone: the base comes from the run's reference to it
+    init = build.Programs(run.lower_init().compile(), None, None, 0.0)
+    params = run.resumed(init, run.abstract.replace(params=params)).params
   return LoadedRun(config=config, model=run.task.model, params=params,
                    tokenizer=run.task.tokenizer, task=run.task, step=step, directory=directory)
+
+
+def save(out: str, config: ml_collections.ConfigDict, step: int, params) -> str:
+  """A run directory holding `params` alone (no optimizer state), which `load`, evaluation,
+  serving and `init_from` read like any run's; returns its checkpoints directory."""
+  config_checks.check_workdir(out)
+  directory = os.path.join(out, "checkpoints")
+  ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
+  try:
+    ckpt.save(step, {"params": params}, {}, config.to_dict())
+    ckpt.wait()
+  finally:
+    ckpt.close()
+  return directory

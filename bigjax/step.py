@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from bigjax import adapt
+from bigjax.adapt import prune
 from bigjax.tasks.base import Loss, Task
 
 # Purposes the root key is split into; folding a constant keeps each stream fixed by the seed.
@@ -65,24 +67,31 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, lr_schedule,
 
   Metrics: the loss and the task's own metrics, gradient, parameter and update norms (a run that
   is about to diverge shows it there first), the learning rate, and, when non-finite updates are
-  skipped (`tx` wrapped last in optax.apply_if_finite), how many were.
+  skipped (`tx` wrapped last in optax.apply_if_finite), how many were; when pruning, sparsity.
+  Frozen parameters (`adapt.trainable_split`) get no gradient and no update, and are left out of
+  the norms.
   """
   accum = config.optim.grad_accum_steps
+  split = adapt.trainable_split(config)
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(dropout_key, state.step)  # a resumed run draws the same dropout
-    sums, grad_sums = summed_gradients(task, state.params, batch, rng, accum)
+    trainable, frozen = split(state.params)
+    sums, grad_sums = summed_gradients(adapt.with_frozen(task, frozen), trainable, batch, rng,
+                                       accum)
     weight = jnp.maximum(sums.weight.astype(jnp.float32), jnp.finfo(jnp.float32).tiny)
     grads = jax.tree.map(lambda g: g / weight, grad_sums)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
     metrics = {"train/loss": sums.total / weight, "train/grad_norm": global_norm(grads),
-               "train/param_norm": global_norm(params),
+               "train/param_norm": global_norm(trainable),
                "train/update_norm": global_norm(updates), "train/lr": lr_schedule(state.step),
                **{f"train/{k}": v / weight for k, v in sums.metrics.items()}}
     if isinstance(opt_state, optax.ApplyIfFiniteState):
       metrics["train/skipped_steps"] = opt_state.total_notfinite
+    metrics |= prune.sparsity_metrics(opt_state)
+    params = adapt.merge(trainable, frozen)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

@@ -185,12 +185,12 @@ class StepMetrics:
 
 def restore_or_init(run: build.Run, programs: build.Programs, ckpt, train_iter):
   """(start step, state): the newest readable checkpoint (the data position with it), or step 0."""
-  restored = ckpt.restore(run.abstract)
+  restored = ckpt.restore(run.checkpointed(run.abstract))
   if restored is None:
     return 0, run.fresh_state(programs)
   step, state, data_state = restored
   train_iter.set_state(data_state)
-  return step, state
+  return step, run.resumed(programs, state)
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -269,7 +269,7 @@ def _train(run: build.Run, workdir: str, stop: StopRequest) -> dict:
       stopping = stop.agreed()
       if due(step, config.checkpoint_every, config.steps) or stopping or early_stop:
         metrics.flush()  # a non-finite state is never saved
-        ckpt.save(step, state, batches.get_state(), config.to_dict())
+        ckpt.save(step, run.checkpointed(state), batches.get_state(), config.to_dict())
         metrics.last_saved = step
       if stopping:
         ckpt.wait()
@@ -294,7 +294,8 @@ def _evaluate(run, programs, state, step, best, batches, metrics, progress) -> b
   for name, image in report.images.items():
     metrics.tracker.write_image(step, name, image)
   metrics.latest |= report.scalars
-  early_stop = best.update(step, report.scalars, state, batches.get_state(), run.config.to_dict())
+  early_stop = best.update(step, report.scalars, run.checkpointed(state), batches.get_state(),
+                           run.config.to_dict())
   _say(progress, f"step {step}: {_format(report.scalars)}")
   if early_stop:
     _say(progress, f"early stop at step {step}: {best.metric} has not improved for "
@@ -349,7 +350,7 @@ def _print_summary(run: build.Run, programs: build.Programs, start_step: int) ->
   peak_source = throughput.peak_flops_per_device(run.devices[0], jnp.dtype(config.dtype))[1]
   memory = programs.train_step.memory_analysis()
   lines = [
-      f"task {config.task}: {run.num_params:,} parameters, "
+      f"task {config.task}: {run.num_params:,} parameters ({run.num_trainable:,} trainable), "
       f"{run.flops_per_step / count:.3g} train FLOPs/{unit.rstrip('s')}, {count:,} {unit}/step",
       f"mesh {run.mesh_shape} on {len(run.devices)} {run.devices[0].platform} devices "
       f"({jax.process_count()} process(es)); MFU against {peak_source}",

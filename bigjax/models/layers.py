@@ -148,7 +148,7 @@ class Dense(nn.Module):
     kernel = self.param("kernel", normal_init(self.std, self.axes),
                         x.shape[-n_in:] + self.features, jnp.float32)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype),
+    y = jax.lax.dot_general(x.astype(self.cfg.dtype), jnp.asarray(kernel, self.cfg.dtype),
                             (contract, ((), ())))
     if self.cfg.use_bias:
       bias = self.param("bias", _zeros(self.axes[n_in:]), self.features, jnp.float32)

@@ -1,6 +1,7 @@
 """The one table from `config.task` to the objective the loop trains."""
 
 from bigjax.tasks.classify import ClassifyTask
+from bigjax.tasks.distill import DistillTask
 from bigjax.tasks.lm import LanguageModelTask
 from bigjax.tasks.mlm import MaskedLanguageModelTask
 from bigjax.tasks.reconstruct import ReconstructTask
@@ -16,4 +17,5 @@ TASKS = {
     "mlm": MaskedLanguageModelTask,
     "text_classify": TextClassificationTask,
     "seq2seq": Seq2SeqTask,
+    "distill": DistillTask,
 }

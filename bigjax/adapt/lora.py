@@ -1,0 +1,162 @@
+"""LoRA and QLoRA with qwix: low-rank adapters beside frozen, optionally quantized, kernels.
+
+qwix intercepts the matmul of every Dense whose module path fully matches `lora.targets` and
+adds (alpha / rank) * x A B to it, creating `kernel_lora_a` (inputs x rank, random) and
+`kernel_lora_b` (rank x outputs, zero, so the first step's loss is the base model's) beside the
+kernel. They take the kernel's logical axis names (and the layer axis of scanned layers), so they
+shard like it. With `lora.base_qtype`, the same interception keeps the kernel as int8/int4.
+
+Only the adapters train (`bigjax.adapt.trainable_split`); a checkpoint holds them and their
+optimizer state, and refers to the base through the run's config (`init_from`, or the seed).
+`python -m bigjax.lora merge` folds them into the kernels: a plain float run.
+"""
+
+import dataclasses
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import qwix
+from qwix._src.providers.ptq import WithAux  # qwix's quantized parameter (an int array + scales)
+from qwix._src.utils import flax_util
+
+from bigjax.config_checks import ConfigError
+
+QTYPES = ("int8", "int4")
+ADAPTER_SUFFIXES = ("_lora_a", "_lora_b")
+
+
+def enabled(config: ml_collections.ConfigDict) -> bool:
+  return bool(config.lora.targets)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  lora = config.lora
+  if not enabled(config):
+    return
+  try:
+    re.compile(lora.targets)
+  except re.error as e:
+    raise ConfigError(f"lora.targets={lora.targets!r} is not a valid regex ({e}); e.g. "
+                      f"'.*(attn|mlp)/.*'") from None
+  if lora.rank <= 0:
+    raise ConfigError(f"lora.rank={lora.rank} must be positive (8 or 16 are usual)")
+  if lora.alpha <= 0:
+    raise ConfigError(f"lora.alpha={lora.alpha} must be positive (often twice the rank)")
+  if not 0 <= lora.dropout < 1:
+    raise ConfigError(f"lora.dropout={lora.dropout} must lie in [0, 1)")
+  if lora.base_qtype not in ("", *QTYPES):
+    raise ConfigError(f"lora.base_qtype={lora.base_qtype!r}; use int8, int4 or '' (float)")
+
+
+def is_adapter(path: tuple[str, ...]) -> bool:
+  return path[-1].endswith(ADAPTER_SUFFIXES)
+
+
+def no_adapters_error(config: ml_collections.ConfigDict, params: dict):
+  """The one-line error for a target regex that matched no module (with paths that exist)."""
+  modules = sorted({"/".join(path[:-1]) for path in _paths(params) if path[-1] == "kernel"})
+  raise ConfigError(f"lora.targets={config.lora.targets!r} matches no module with a kernel; "
+                    f"module paths look like {', '.join(repr(m) for m in modules[:4])}")
+
+
+class _Provider(qwix.LoraProvider):
+  """qwix's LoRA, with adapter dropout only while training, and adapters created under rules.
+
+  qwix drops adapter inputs on every call, evaluation included, and then asks evaluation for a
+  dropout rng. Here the rule loses its dropout wherever the model runs without a dropout rng,
+  which is how our tasks evaluate and decode (`tasks.base.dropout_rngs`).
+  """
+
+  def dot_general(self, *args, **kwargs):
+    if not flax_util.get_current_module().is_initializing():
+      return super().dot_general(*args, **kwargs)
+    # qwix names a new adapter by unboxing the kernel's box around the adapter's value: under
+    # logical-axis rules that constrains, say, a rank-2 adapter with a rank-3 kernel's names and
+    # fails. The names are right once qwix has transposed them, so the rules wait till then.
+    with nn.logical_axis_rules(()):
+      return super().dot_general(*args, **kwargs)
+
+  def _get_current_rule_and_op_id(self, op_name, **kwargs):
+    rule, op_id = super()._get_current_rule_and_op_id(op_name, **kwargs)
+    if (isinstance(rule, qwix.LoraRule) and rule.dropout
+        and not flax_util.get_current_module().scope.has_rng("dropout")):
+      rule = dataclasses.replace(rule, dropout=0.0)
+    return rule, op_id
+
+
+def wrap(model, config: ml_collections.ConfigDict):
+  """`model` with adapters on the target modules (and a quantized base for QLoRA)."""
+  lora = config.lora
+  rule = qwix.LoraRule(module_path=lora.targets, rank=lora.rank, alpha=lora.alpha,
+                       dropout=lora.dropout, weight_qtype=lora.base_qtype or None,
+                       tile_size=config.quant.tile or None)
+  return qwix.apply_lora_to_model(model, _Provider([rule]))
+
+
+def _paths(tree: dict, prefix=()):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _paths(value, (*prefix, key))
+    else:
+      yield (*prefix, key)
+
+
+def _float_kernel(kernel):
+  return qwix.dequantize(kernel.array) if isinstance(kernel, WithAux) else kernel
+
+
+def folded(params: dict, config: ml_collections.ConfigDict) -> dict:
+  """The adapters folded into their kernels, W + (alpha / rank) A B, and dropped: the
+  parameters of the plain model (a QLoRA base is dequantized to float first)."""
+  scale = config.lora.alpha / config.lora.rank
+  out = {}
+  for key, value in params.items():
+    if isinstance(value, dict):
+      out[key] = folded(value, config)
+    elif not is_adapter((key,)):
+      out[key] = _float_kernel(value)
+      if f"{key}_lora_a" in params:
+        a, b = params[f"{key}_lora_a"], params[f"{key}_lora_b"]
+        # A is (inputs, rank) and B (rank, outputs), inputs and outputs flattened in the kernel's
+        # order, after the layer axis of scanned layers.
+        delta = jnp.einsum("...ir,...ro->...io", a, b).reshape(out[key].shape)
+        out[key] = out[key] + scale * delta
+  return out
+
+
+def load_quantized_base(params: dict, abstract_params, init_from: str) -> dict:
+  """QLoRA's step 0: the float base read from `init_from`, then quantized into the frozen
+  kernels (once, in the run's layout), beside the fresh adapters."""
+  from bigjax import finetune
+  from bigjax.adapt import quantize
+
+  is_quantized = lambda x: isinstance(x, WithAux)
+  as_float = lambda x: (_float_kernel(x) if is_quantized(x) else x)
+  float_abstract = jax.tree.map(
+      lambda x: (jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.array.qvalue.sharding)
+                 if is_quantized(x) else x), abstract_params, is_leaf=is_quantized)
+  float_params = jax.jit(lambda p: jax.tree.map(as_float, p, is_leaf=is_quantized))(params)
+  float_params = finetune.load_pretrained(float_params, float_abstract, init_from)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract_params)
+  return jax.jit(lambda p: quantize.quantize_params(p, abstract_params),
+                 out_shardings=shardings)(float_params)
+
+
+def merge_run(workdir: str, out: str) -> float:
+  """Folds the LoRA run in `workdir` into a plain run in `out`; returns the merged eval loss."""
+  from bigjax.load import load, save
+  from bigjax.adapt import measure
+
+  run = load(workdir)
+  if not enabled(run.config):
+    raise ConfigError(f"{workdir} is not a LoRA run (lora.targets is empty): nothing to merge")
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  config.lora.update(targets="", base_qtype="")
+  config.init_from = ""  # the merged parameters are the whole model
+  config.lock()
+  params = jax.jit(lambda p: folded(p, run.config))(run.params)
+  save(out, config, run.step, params)
+  return measure.eval_loss(config, params)
