@@ -248,7 +248,7 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
   mesh_shape = check_config(config, len(devices), jax.process_count())
   use_compilation_cache(config.compilation_cache_dir)
   task = make_task(config, mesh_shape)
-  adapt.adapt_task(task, config)  # LoRA adapters or quantization wrap task.model
+  adapt.adapt_task(task, config, devices[0].platform)  # LoRA or quantization wrap task.model
   tx, lr_schedule = make_tx(config)
   mesh = sharding.make_mesh(mesh_shape, devices)
   with tracing_context(mesh, config):

@@ -106,6 +106,8 @@ def save(out: str, config: ml_collections.ConfigDict, step: int, params) -> str:
   serving and `init_from` read like any run's; returns its checkpoints directory."""
   config_checks.check_workdir(out)
   directory = os.path.join(out, "checkpoints")
+  if os.path.exists(directory):
+    raise ConfigError(f"{out} already holds a run; choose a new directory")
   ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
   try:
     ckpt.save(step, {"params": params}, {}, config.to_dict())

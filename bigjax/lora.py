@@ -9,6 +9,7 @@ evaluation, serving, `bigjax.quantize` and `init_from` read it. See bigjax/adapt
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from bigjax import cli
 from bigjax.config_checks import ConfigError
@@ -21,6 +22,7 @@ COMMANDS = ("merge",)
 
 
 def main(argv) -> None:
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every read and write at INFO
   from bigjax.adapt import lora
   if argv[1:] != ["merge"]:
     print(f"error: say what to do: python -m bigjax.lora {'|'.join(COMMANDS)} --workdir=W "

@@ -12,6 +12,7 @@ before and after. See bigjax/adapt/quantize.py.
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from bigjax import cli
 from bigjax.config_checks import ConfigError
@@ -29,6 +30,7 @@ def mib(bits: int) -> str:
 
 
 def main(argv) -> None:
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax narrates every read and write at INFO
   del argv
   from bigjax.adapt import quantize
   f = flags.FLAGS

@@ -125,3 +125,17 @@ def no_network(monkeypatch):
     raise AssertionError(f"test tried to reach the network: {address}")
   monkeypatch.setattr(socket.socket, "connect", refuse)
   monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+
+
+@pytest.fixture(scope="session")
+def trained_lm(corpus_path, tmp_path_factory) -> str:
+  """The workdir of the tiny LM trained 80 steps on the corpus (unrolled layers): the model the
+  adaptation and compression tests adapt, quantize, prune and distill."""
+  import jax
+
+  from bigjax import train
+
+  workdir = str(tmp_path_factory.mktemp("trained_lm"))
+  config = tiny_config(corpus_path, steps=80, eval_steps=8, **{"model.scan_layers": False})
+  train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  return workdir

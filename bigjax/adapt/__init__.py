@@ -24,9 +24,9 @@ from bigjax.tasks.distill import TEACHER, DistillTask
 Path = tuple[str, ...]
 
 
-def adapt_task(task: Task, config: ml_collections.ConfigDict) -> None:
+def adapt_task(task: Task, config: ml_collections.ConfigDict, platform: str) -> None:
   """Checks the adaptation settings, then wraps `task.model` in place (nothing is traced yet)."""
-  lora.check(config)
+  lora.check(config, platform)
   quantize.check(config)
   prune.check(config)
   adapting = [name for name, on in (("lora", lora.enabled(config)),
@@ -37,10 +37,11 @@ def adapt_task(task: Task, config: ml_collections.ConfigDict) -> None:
                       f"lora.base_qtype; quantize a pruned run with bigjax.quantize)")
   if (lora.enabled(config) or quantize.enabled(config)) and not isinstance(task, TransformerTask):
     raise ConfigError(f"{adapting[0]} applies to Transformer tasks; task={config.task} is not one")
+  if quantize.enabled(config) or config.lora.base_qtype:
+    quantize.check_tiles(config, task.model_cfg)
   if lora.enabled(config):
     task.model = lora.wrap(task.model, config)
   elif quantize.enabled(config):
-    quantize.check_tiles(config, task.model_cfg)
     task.model = quantize.wrap(task.model, config)
 
 

@@ -6,6 +6,10 @@ adds (alpha / rank) * x A B to it, creating `kernel_lora_a` (inputs x rank, rand
 kernel. They take the kernel's logical axis names (and the layer axis of scanned layers), so they
 shard like it. With `lora.base_qtype`, the same interception keeps the kernel as int8/int4.
 
+'.*(attn|mlp)/.*' adapts every attention and MLP projection; adding '|embed' also adapts a tied
+output projection (x E^T; the input lookup stays as it is), which is where a change of domain
+(code to prose, say) shows first.
+
 Only the adapters train (`bigjax.adapt.trainable_split`); a checkpoint holds them and their
 optimizer state, and refers to the base through the run's config (`init_from`, or the seed).
 `python -m bigjax.lora merge` folds them into the kernels: a plain float run.
@@ -32,7 +36,7 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
   return bool(config.lora.targets)
 
 
-def check(config: ml_collections.ConfigDict) -> None:
+def check(config: ml_collections.ConfigDict, platform: str) -> None:
   lora = config.lora
   if not enabled(config):
     return
@@ -49,6 +53,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"lora.dropout={lora.dropout} must lie in [0, 1)")
   if lora.base_qtype not in ("", *QTYPES):
     raise ConfigError(f"lora.base_qtype={lora.base_qtype!r}; use int8, int4 or '' (float)")
+  if lora.base_qtype == "int4" and platform == "cpu":
+    # The train step is compiled ahead of time, and jax 0.10.2's CPU backend rejects int4
+    # arguments to such programs (an array's layout there never matches the program's).
+    raise ConfigError("lora.base_qtype=int4 cannot train on CPU (XLA:CPU programs reject int4 "
+                      "arrays in jax 0.10.2); use int8 here, int4 on GPU or TPU")
 
 
 def is_adapter(path: tuple[str, ...]) -> bool:
@@ -70,14 +79,17 @@ class _Provider(qwix.LoraProvider):
   which is how our tasks evaluate and decode (`tasks.base.dropout_rngs`).
   """
 
-  def dot_general(self, *args, **kwargs):
+  def dot_general(self, lhs, rhs, *args, **kwargs):
+    # qwix adds the float32 adapters' output to the matmul's: keep the matmul's dtype (bfloat16
+    # compute stays bfloat16, and a scanned layer's carry keeps its type).
+    dtype = kwargs.get("preferred_element_type") or jnp.result_type(lhs.dtype, rhs.dtype)
     if not flax_util.get_current_module().is_initializing():
-      return super().dot_general(*args, **kwargs)
+      return super().dot_general(lhs, rhs, *args, **kwargs).astype(dtype)
     # qwix names a new adapter by unboxing the kernel's box around the adapter's value: under
     # logical-axis rules that constrains, say, a rank-2 adapter with a rank-3 kernel's names and
     # fails. The names are right once qwix has transposed them, so the rules wait till then.
     with nn.logical_axis_rules(()):
-      return super().dot_general(*args, **kwargs)
+      return super().dot_general(lhs, rhs, *args, **kwargs).astype(dtype)
 
   def _get_current_rule_and_op_id(self, op_name, **kwargs):
     rule, op_id = super()._get_current_rule_and_op_id(op_name, **kwargs)
@@ -90,10 +102,14 @@ class _Provider(qwix.LoraProvider):
 def wrap(model, config: ml_collections.ConfigDict):
   """`model` with adapters on the target modules (and a quantized base for QLoRA)."""
   lora = config.lora
-  rule = qwix.LoraRule(module_path=lora.targets, rank=lora.rank, alpha=lora.alpha,
-                       dropout=lora.dropout, weight_qtype=lora.base_qtype or None,
-                       tile_size=config.quant.tile or None)
-  return qwix.apply_lora_to_model(model, _Provider([rule]))
+  adapter = dict(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout)
+  rules = [qwix.LoraRule(module_path=lora.targets, weight_qtype=lora.base_qtype or None,
+                         tile_size=config.quant.tile or None, **adapter)]
+  if lora.base_qtype:  # a targeted embedding (its output projection) stays float: jnp.take
+    # cannot read a quantized table. qwix applies the first rule that matches.
+    embeddings = rf"(?=(?:{lora.targets})$)(.*/)?\w*embed"
+    rules.insert(0, qwix.LoraRule(module_path=embeddings, **adapter))
+  return qwix.apply_lora_to_model(model, _Provider(rules))
 
 
 def _paths(tree: dict, prefix=()):
@@ -108,23 +124,37 @@ def _float_kernel(kernel):
   return qwix.dequantize(kernel.array) if isinstance(kernel, WithAux) else kernel
 
 
-def folded(params: dict, config: ml_collections.ConfigDict) -> dict:
-  """The adapters folded into their kernels, W + (alpha / rank) A B, and dropped: the
-  parameters of the plain model (a QLoRA base is dequantized to float first)."""
-  scale = config.lora.alpha / config.lora.rank
+def folded(params: dict, scale: float) -> dict:
+  """Every kernel's adapter folded into it, W + scale A B, and dropped (a QLoRA base is
+  dequantized to float first)."""
   out = {}
   for key, value in params.items():
     if isinstance(value, dict):
-      out[key] = folded(value, config)
+      out[key] = folded(value, scale)
     elif not is_adapter((key,)):
       out[key] = _float_kernel(value)
-      if f"{key}_lora_a" in params:
-        a, b = params[f"{key}_lora_a"], params[f"{key}_lora_b"]
+      if key == "kernel" and "kernel_lora_a" in params:
+        a, b = params["kernel_lora_a"], params["kernel_lora_b"]
         # A is (inputs, rank) and B (rank, outputs), inputs and outputs flattened in the kernel's
         # order, after the layer axis of scanned layers.
         delta = jnp.einsum("...ir,...ro->...io", a, b).reshape(out[key].shape)
         out[key] = out[key] + scale * delta
   return out
+
+
+def untied_head(params: dict, config: ml_collections.ConfigDict) -> dict:
+  """A decoder's parameters with an adapted tied output projection made its own `unembed`.
+
+  The tied projection is x E^T; its adapter cannot fold into E, which the input lookup shares,
+  so the merged model unties them: unembed = E^T + (alpha / rank) A B, E unchanged.
+  """
+  embed = params["embed"]
+  head_DxV = embed["embedding"].T + (config.lora.alpha / config.lora.rank) * (
+      embed["embedding_lora_a"] @ embed["embedding_lora_b"])
+  unembed = {"kernel": head_DxV}
+  if config.model.use_bias:
+    unembed["bias"] = jnp.zeros(head_DxV.shape[-1], head_DxV.dtype)
+  return {**params, "unembed": unembed}
 
 
 def load_quantized_base(params: dict, abstract_params, init_from: str) -> dict:
@@ -147,8 +177,8 @@ def load_quantized_base(params: dict, abstract_params, init_from: str) -> dict:
 
 def merge_run(workdir: str, out: str) -> float:
   """Folds the LoRA run in `workdir` into a plain run in `out`; returns the merged eval loss."""
-  from bigjax.load import load, save
   from bigjax.adapt import measure
+  from bigjax.load import load, save
 
   run = load(workdir)
   if not enabled(run.config):
@@ -156,7 +186,14 @@ def merge_run(workdir: str, out: str) -> float:
   config = ml_collections.ConfigDict(run.config.to_dict())
   config.lora.update(targets="", base_qtype="")
   config.init_from = ""  # the merged parameters are the whole model
+  head_adapted = "embedding_lora_a" in run.params.get("embed", {})
+  if head_adapted and config.task not in ("lm", "distill"):
+    raise ConfigError(f"adapters on the tied embedding of a task={config.task} model cannot be "
+                      f"folded; train them without the embedding in lora.targets")
+  config.model.tie_embeddings = config.model.tie_embeddings and not head_adapted
   config.lock()
-  params = jax.jit(lambda p: folded(p, run.config))(run.params)
+  scale = run.config.lora.alpha / run.config.lora.rank
+  untie = lambda p: untied_head(p, run.config) if head_adapted else p
+  params = jax.jit(lambda p: folded(untie(p), scale))(run.params)
   save(out, config, run.step, params)
   return measure.eval_loss(config, params)

@@ -20,8 +20,11 @@ def eval_loss(config: ml_collections.ConfigDict, params) -> float:
   config.compilation_cache_dir = ""
   config.lock()
   run = build.build(config)
-  eval_step = run.lower_eval_step().compile()
-  return train.evaluate(run, eval_step, params).scalars["eval/loss"]
+  # jax.jit rather than the run's ahead-of-time compiled eval step: XLA:CPU's compiled programs
+  # reject int4 arguments (jax 0.10.2), and jit compiles for the arguments it is given.
+  eval_step = jax.jit(run.task.eval_sums, in_shardings=(run.shardings.params, run.batch_sharding))
+  with run.activate():
+    return train.evaluate(run, eval_step, params).scalars["eval/loss"]
 
 
 def decode_tokens_per_second(model, params, tokenizer, prompt: str = "def ",
