@@ -129,13 +129,14 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="session")
 def trained_lm(corpus_path, tmp_path_factory) -> str:
-  """The workdir of the tiny LM trained 80 steps on the corpus (unrolled layers): the model the
-  adaptation and compression tests adapt, quantize, prune and distill."""
+  """The workdir of the tiny LM trained 300 steps on the corpus (unrolled layers): the model the
+  adaptation and compression tests adapt, quantize, prune and distill from."""
   import jax
 
   from bigjax import train
 
   workdir = str(tmp_path_factory.mktemp("trained_lm"))
-  config = tiny_config(corpus_path, steps=80, eval_steps=8, **{"model.scan_layers": False})
+  config = tiny_config(corpus_path, steps=300, eval_steps=8,
+                       **{"model.scan_layers": False, "optim.lr": 1e-2})
   train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
   return workdir

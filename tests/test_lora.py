@@ -48,7 +48,7 @@ def adapted(make_config, trained_lm, prose_path, tmp_path_factory, metrics_of):
     runs[name] = dict(config=config, workdir=workdir, eval=final["eval/loss"],
                       first=metrics_of(workdir)[0]["train/loss"])
   base = load(trained_lm, devices=ONE)
-  runs["before"] = measure.eval_loss(runs["full"]["config"], base.params)
+  runs["before"] = measure.eval_loss(runs["full"]["config"], base.params, ONE)
   return runs
 
 
@@ -111,8 +111,8 @@ def test_lora_recovers_most_of_a_full_fine_tune(adapted):
 
 def test_merged_equals_unmerged(adapted, tmp_path):
   unmerged = measure.eval_loss(adapted["lora"]["config"],
-                               load(adapted["lora"]["workdir"], devices=ONE).params)
-  merged = lora.merge_run(adapted["lora"]["workdir"], str(tmp_path / "merged"))
+                               load(adapted["lora"]["workdir"], devices=ONE).params, ONE)
+  merged = lora.merge_run(adapted["lora"]["workdir"], str(tmp_path / "merged"), ONE)
   assert merged == pytest.approx(unmerged, abs=1e-5)
   plain = load(str(tmp_path / "merged"), devices=ONE)
   assert not plain.config.lora.targets and not plain.config.model.tie_embeddings

@@ -175,12 +175,12 @@ def load_quantized_base(params: dict, abstract_params, init_from: str) -> dict:
                  out_shardings=shardings)(float_params)
 
 
-def merge_run(workdir: str, out: str) -> float:
+def merge_run(workdir: str, out: str, devices=None) -> float:
   """Folds the LoRA run in `workdir` into a plain run in `out`; returns the merged eval loss."""
   from bigjax.adapt import measure
   from bigjax.load import load, save
 
-  run = load(workdir)
+  run = load(workdir, devices=devices)
   if not enabled(run.config):
     raise ConfigError(f"{workdir} is not a LoRA run (lora.targets is empty): nothing to merge")
   config = ml_collections.ConfigDict(run.config.to_dict())
@@ -196,4 +196,4 @@ def merge_run(workdir: str, out: str) -> float:
   untie = lambda p: untied_head(p, run.config) if head_adapted else p
   params = jax.jit(lambda p: folded(untie(p), scale))(run.params)
   save(out, config, run.step, params)
-  return measure.eval_loss(config, params)
+  return measure.eval_loss(config, params, devices)

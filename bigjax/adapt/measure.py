@@ -9,9 +9,9 @@ import ml_collections
 from bigjax import build, generate
 
 
-def eval_loss(config: ml_collections.ConfigDict, params) -> float:
+def eval_loss(config: ml_collections.ConfigDict, params, devices=None) -> float:
   """The run's own evaluation (its eval batches, `eval_steps` of them) of `params`, laid out as
-  `bigjax.load` lays them out (replicated over the devices)."""
+  `bigjax.load` lays them out (replicated over `devices`, default all)."""
   from bigjax import train  # train imports build, which imports this package's parent
 
   config = ml_collections.ConfigDict(config.to_dict())
@@ -19,7 +19,7 @@ def eval_loss(config: ml_collections.ConfigDict, params) -> float:
   config.init_from = ""  # the parameters are given
   config.compilation_cache_dir = ""
   config.lock()
-  run = build.build(config)
+  run = build.build(config, devices)
   # jax.jit rather than the run's ahead-of-time compiled eval step: XLA:CPU's compiled programs
   # reject int4 arguments (jax 0.10.2), and jit compiles for the arguments it is given.
   eval_step = jax.jit(run.task.eval_sums, in_shardings=(run.shardings.params, run.batch_sharding))

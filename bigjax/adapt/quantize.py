@@ -109,8 +109,8 @@ def kernel_bits(params) -> int:
              if any(getattr(k, "key", None) == "kernel" for k in path))
 
 
-def quantize_run(workdir: str, out: str, weights: str, tile: int = 0,
-                 activations: str = "") -> dict[str, float]:
+def quantize_run(workdir: str, out: str, weights: str, tile: int = 0, activations: str = "",
+                 devices=None) -> dict[str, float]:
   """Post-training quantization of the run in `workdir` into a new run in `out`.
 
   A QAT run converts to the numbers it trained with. Returns weight bits and eval losses, before
@@ -120,7 +120,9 @@ def quantize_run(workdir: str, out: str, weights: str, tile: int = 0,
   from bigjax.load import layout_config, load, save
   from bigjax.adapt import lora, measure
 
-  source = load(workdir)
+  check(ml_collections.ConfigDict({"quant": dict(weights=weights, tile=tile,
+                                                 activations=activations, mode="ptq")}))
+  source = load(workdir, devices=devices)
   if lora.enabled(source.config):
     raise ConfigError(f"{workdir} is a LoRA run; fold its adapters first: python -m bigjax.lora "
                       f"merge --workdir={workdir} --out=MERGED")
@@ -128,7 +130,7 @@ def quantize_run(workdir: str, out: str, weights: str, tile: int = 0,
   config.quant.update(weights=weights, tile=tile, activations=activations, mode="ptq")
   config.prune.sparsity = 0.0  # a pruned run's zeros are in its weights already
   config.lock()
-  devices = jax.devices()
+  devices = list(devices if devices is not None else jax.devices())
   target = build.build(layout_config(config, len(devices), None), devices).abstract.params
   params = jax.jit(lambda p: quantize_params(p, target),
                    out_shardings=jax.tree.map(lambda x: x.sharding, target))(source.params)
@@ -136,5 +138,5 @@ def quantize_run(workdir: str, out: str, weights: str, tile: int = 0,
   return {"bits_before": weight_bits(source.params), "bits_after": weight_bits(params),
           "kernel_bits_before": kernel_bits(source.params),
           "kernel_bits_after": kernel_bits(params),
-          "loss_before": measure.eval_loss(source.config, source.params),
-          "loss_after": measure.eval_loss(config, params)}
+          "loss_before": measure.eval_loss(source.config, source.params, devices),
+          "loss_after": measure.eval_loss(config, params, devices)}

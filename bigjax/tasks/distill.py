@@ -27,15 +27,18 @@ from bigjax.config_checks import ConfigError
 from bigjax.models import gpt
 from bigjax.models.layers import TransformerConfig
 from bigjax.tasks.base import Loss
-from bigjax.tasks.lm import LanguageModelTask, make_tokenizer
+from bigjax.tasks.lm import LanguageModelTask
 from bigjax.throughput import decoder_flops_per_token
 
 TEACHER = "teacher"  # the key of the teacher's parameters in a distillation run's params
 
 
-def _vocabulary(config: ml_collections.ConfigDict, tokenizer) -> tuple:
-  path = config.data.tokenizer_path if config.data.tokenizer == "sentencepiece" else ""
-  return config.data.tokenizer, os.path.abspath(path) if path else "", tokenizer.vocab_size
+def _vocabulary(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """What a token id means: the tokenizer, and for SentencePiece its model file."""
+  data = config.data
+  if data.tokenizer == "sentencepiece":
+    return data.tokenizer, os.path.abspath(data.tokenizer_path)
+  return (data.tokenizer,)
 
 
 class DistillTask(LanguageModelTask):
@@ -51,15 +54,14 @@ class DistillTask(LanguageModelTask):
       raise ConfigError(f"distill.temperature={distill.temperature} must be positive and "
                         f"distill.alpha={distill.alpha} within [0, 1]")
     teacher_config, self.teacher_state = _teacher_run(distill.teacher)
-    theirs = _vocabulary(teacher_config, make_tokenizer(teacher_config))
-    ours = _vocabulary(config, self.tokenizer)
+    theirs, ours = _vocabulary(teacher_config), _vocabulary(config)
     if theirs != ours:
       raise ConfigError(f"distill.teacher={distill.teacher} uses another vocabulary {theirs} "
                         f"than this student {ours}; distill between models sharing a tokenizer")
     if config.seq_len > teacher_config.model.max_len:
       raise ConfigError(f"seq_len={config.seq_len} is longer than the teacher's max_len="
                         f"{teacher_config.model.max_len}; shorten seq_len")
-    self.teacher_cfg = TransformerConfig.from_config(teacher_config, theirs[-1],
+    self.teacher_cfg = TransformerConfig.from_config(teacher_config, self.tokenizer.vocab_size,
                                                      dtype=self.model_cfg.dtype)
     self.teacher = gpt.Decoder(self.teacher_cfg)
 
