@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from bigjax import adapt, build, train
 from bigjax.adapt import lora, measure
@@ -62,6 +63,15 @@ def test_adapters_are_a_small_share_of_gpt2_small():
   per_layer = 8 * (4 * (768 + 768) + 2 * (768 + 3072))
   assert run.num_trainable == 12 * per_layer
   assert run.num_trainable / run.num_params < 0.02
+
+
+def test_adapters_shard_like_their_kernels(make_config):
+  config = make_config(batch_size=8, **{"lora.targets": TARGETS, "mesh.fsdp": 2,
+                                        "mesh.tensor": 2, "model.scan_layers": True})
+  query = build.build(config).shardings.params["layers"]["attn"]["query"]
+  assert query["kernel"].spec == P(None, "fsdp", "tensor", None)  # N x D x H x K
+  assert query["kernel_lora_a"].spec == P(None, "fsdp", None)  # N x D x rank
+  assert query["kernel_lora_b"].spec == P(None, None, "tensor")  # N x rank x (H * K)
 
 
 def test_only_adapters_train_and_hold_optimizer_state(make_config, trained_lm):

@@ -68,6 +68,10 @@ def test_scanned_layers_quantize_layer_by_layer(trained_lm, converted):
                  stacked["layers"], unrolled[f"layer_{i}"])
   loss = measure.eval_loss(config, stacked, ONE)
   assert loss == pytest.approx(converted["int4"]["loss_after"], abs=1e-5)
+  # Quantization-aware training on scanned layers computes the same numbers from float weights.
+  fake = ml_collections.ConfigDict(config.to_dict())
+  fake.quant.mode = "qat"
+  assert measure.eval_loss(fake, stacked_params, ONE) == pytest.approx(loss, abs=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 """Adaptation and compression: LoRA/QLoRA, quantization, pruning, and the frozen parameters
 they share with distillation. `bigjax.build` calls this package at its few named points:
 
-    adapt_task(task, config)    checks, then wraps `task.model` (LoRA adapters, QAT or PTQ)
-    prune.masked(tx, config)    pruning masks in the optimizer state, applied after each update
-    trainable_split(config)     params -> (trainable, frozen); only the first has optimizer state
-    load_pretrained(...)        init_from (quantized for QLoRA) and a distillation teacher
-    checkpointed(state, config) what a checkpoint holds: a LoRA run's adapters, not its base
+    adapt_task(task, config, platform)  checks, then wraps `task.model` (LoRA, QAT or PTQ)
+    prune.masked(tx, config)            pruning masks in the optimizer state, after each update
+    trainable_split(config)             params -> (trainable, frozen); the optimizer sees the first
+    load_pretrained(...)                init_from (quantized for QLoRA), a distillation teacher
+    checkpointed(state, config)         what a checkpoint holds: a LoRA run's adapters, no base
 
 Frozen parameters never reach the optimizer: no gradients are taken for them, no moments are
 kept, and weight decay cannot move them. What is frozen: everything but the adapters (LoRA), the
@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from bigjax import finetune
 from bigjax.adapt import lora, prune, quantize
 from bigjax.config_checks import ConfigError
 from bigjax.tasks.base import Task, TransformerTask
@@ -117,8 +118,6 @@ def load_pretrained(params: dict, abstract_params: Any, config: ml_collections.C
                     task: Task) -> dict:
   """A fresh run's parameters with what comes from elsewhere read in: `init_from` (quantized on
   the way in for QLoRA) and a distillation teacher."""
-  from bigjax import finetune
-
   if config.init_from and lora.enabled(config) and config.lora.base_qtype:
     params = lora.load_quantized_base(params, abstract_params, config.init_from)
   elif config.init_from:

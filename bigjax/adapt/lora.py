@@ -38,6 +38,9 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 def check(config: ml_collections.ConfigDict, platform: str) -> None:
   lora = config.lora
+  if lora.base_qtype and not enabled(config):
+    raise ConfigError(f"lora.base_qtype={lora.base_qtype!r} needs lora.targets (QLoRA adapts a "
+                      f"quantized base), e.g. '.*(attn|mlp)/.*'")
   if not enabled(config):
     return
   try:
