@@ -5,8 +5,8 @@
 Rows: the float run; int8 and int4 post-training quantization (bigjax.quantize); int4
 quantization-aware, fine-tuned `--steps` steps from the run with fake-quantized weights, then
 converted; 50% unstructured and 2:4 pruning, fine-tuned `--steps` steps from the run on the
-gradual schedule; and, as their control, the float run fine-tuned the same steps (fine-tunes
-continue at the learning rate the run ended with). Columns: eval
+gradual schedule; and, as their control, the float run fine-tuned the same steps and its int4
+post-training quantization (fine-tunes continue at the learning rate the run ended with). Columns: eval
 loss (the run's own eval batches), weights as stored (int4 counted at 4 bits; pruned weights are
 stored dense), kernel sparsity, and greedy single-stream decoding speed (batch 1, KV cache, best
 of 3 after a warm-up).
@@ -86,6 +86,8 @@ def main(argv) -> None:
       "int8 (PTQ)": converted(w, f"{out}/int8", "int8", 0),
       f"int4, tile {f.tile} (PTQ)": converted(w, f"{out}/int4", "int4", f.tile),
       f"float, +{steps} steps": fine_tune(w, f"{out}/float", steps, {}),
+      f"its int4, tile {f.tile} (PTQ)": converted(f"{out}/float", f"{out}/float_int4", "int4",
+                                                   f.tile),
       f"int4, tile {f.tile} (QAT, +{steps} steps)": converted(
           fine_tune(w, f"{out}/qat", steps, {"quant.weights": "int4", "quant.tile": f.tile}),
           f"{out}/qat_int4", "int4", f.tile),

@@ -81,7 +81,7 @@ def test_only_adapters_train_and_hold_optimizer_state(make_config, trained_lm):
                                                 "lora.base_qtype": "int8",
                                                 "model.scan_layers": False})
   run = build.build(config, ONE)
-  programs = run.compile()
+  programs = build.Programs(run.lower_init().compile(), run.lower_train_step().compile(), None, 0)
   state = run.fresh_state(programs)
   base_before = jax.device_get(adapt.trainable_split(config)(state.params)[1])
   batches = iter(run.task.train_data(run.local_batch_size, config.seed))
