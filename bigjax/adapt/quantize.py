@@ -117,9 +117,10 @@ def quantize_run(workdir: str, out: str, weights: str, tile: int = 0, activation
   and after.
   """
   from bigjax import build
-  from bigjax.load import layout_config, load, save
   from bigjax.adapt import lora, measure
+  from bigjax.load import layout_config, load, save
 
+  devices = list(devices if devices is not None else jax.devices())
   check(ml_collections.ConfigDict({"quant": dict(weights=weights, tile=tile,
                                                  activations=activations, mode="ptq")}))
   source = load(workdir, devices=devices)
@@ -130,11 +131,11 @@ def quantize_run(workdir: str, out: str, weights: str, tile: int = 0, activation
   config.quant.update(weights=weights, tile=tile, activations=activations, mode="ptq")
   config.prune.sparsity = 0.0  # a pruned run's zeros are in its weights already
   config.lock()
-  devices = list(devices if devices is not None else jax.devices())
   target = build.build(layout_config(config, len(devices), None), devices).abstract.params
   params = jax.jit(lambda p: quantize_params(p, target),
                    out_shardings=jax.tree.map(lambda x: x.sharding, target))(source.params)
   save(out, config, source.step, params)
+  params = load(out, devices=devices).params  # what evaluation and serving will read
   return {"bits_before": weight_bits(source.params), "bits_after": weight_bits(params),
           "kernel_bits_before": kernel_bits(source.params),
           "kernel_bits_after": kernel_bits(params),
