@@ -111,8 +111,8 @@ def test_checkpoint_holds_adapters_and_refers_to_the_base(adapted, trained_lm):
 
 
 def test_lora_recovers_most_of_a_full_fine_tune(adapted):
-  """The issue's bar: at least 80% of full fine-tuning's improvement in the same 30 steps (it
-  measured 110% here: the adapted output projection carries the change of domain)."""
+  """The issue's bar: at least 80% of full fine-tuning's improvement in the same 30 steps.
+  Measured: 2.1782 before, 1.9461 fine-tuned in full, 1.9744 with LoRA (88%)."""
   before, full, lora_loss = adapted["before"], adapted["full"]["eval"], adapted["lora"]["eval"]
   print(f"prose eval loss: base {before:.4f}, full fine-tune {full:.4f}, LoRA {lora_loss:.4f}")
   assert lora_loss < before
@@ -138,7 +138,7 @@ def test_adapter_dropout_only_in_training(make_config):
   run = build.build(config, ONE)
   task = run.task
   batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in task.batch_spec(2).items()}
-  params = nn.meta.unbox(jax.jit(lambda: task.init(jax.random.key(0), batch))()["params"])
+  params = nn.meta.unbox(task.init(jax.random.key(0), batch)["params"])
   params = jax.tree_util.tree_map_with_path(  # B = 1: the adapters now change the output
       lambda path, x: jnp.ones_like(x) if str(path[-1].key).endswith("_lora_b") else x, params)
   evals = [jax.jit(task.eval_sums)(params, batch)["loss"] for _ in range(2)]

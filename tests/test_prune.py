@@ -23,7 +23,7 @@ def kernels(params) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def gradual(make_config, trained_lm, tmp_path_factory, read_checkpoint, metrics_of):
   """The trained model pruned to 50% over 24 steps, then the same run killed after its step-12
-  checkpoint and resumed; beside it, the same 24 steps without pruning."""
+  checkpoint and resumed."""
   common = dict(steps=24, init_from=trained_lm, eval_steps=8, **{"model.scan_layers": False})
   config = make_config(checkpoint_every=12, **common, **GRADUAL)
   workdir = str(tmp_path_factory.mktemp("gradual"))
@@ -33,8 +33,7 @@ def gradual(make_config, trained_lm, tmp_path_factory, read_checkpoint, metrics_
   shutil.rmtree(f"{workdir}/checkpoints/24")  # killed between the saves of steps 12 and 24
   train.train_and_evaluate(config, workdir, devices=ONE)
   resumed = read_checkpoint(config, workdir)[1]
-  dense = train.train_and_evaluate(make_config(**common), str(tmp_path_factory.mktemp("dense")),
-                                   devices=ONE)
+  dense = [r["eval/loss"] for r in metrics_of(trained_lm) if "eval/loss" in r][-1]
   return dict(config=config, final=final, rows=rows, straight=straight, resumed=resumed,
               dense=dense)
 
@@ -74,9 +73,10 @@ def test_masks_and_zeros_survive_a_resume(gradual):
 
 
 def test_half_the_weights_cost_little(gradual):
-  """Measured on this tiny model: 2.701 dense, 2.712 at 50% (+0.4%); the bar is 2%."""
-  pruned, dense = gradual["final"]["eval/loss"], gradual["dense"]["eval/loss"]
-  print(f"eval loss: dense {dense:.4f}, 50% gradual {pruned:.4f}")
+  """Measured on this tiny model: 2.7018 before pruning, 2.7142 after 24 steps pruning to 50%
+  (+0.5%; the same 24 steps without pruning gave 2.7037); the bar is 2%."""
+  pruned, dense = gradual["final"]["eval/loss"], gradual["dense"]
+  print(f"eval loss: before {dense:.4f}, 50% gradual {pruned:.4f}")
   assert pruned < 1.02 * dense
 
 
