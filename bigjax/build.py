@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from bigjax import finetune, methods, optim, sharding
+from bigjax import adapt, finetune, methods, optim, sharding
+from bigjax.adapt import prune
 from bigjax.config_checks import ConfigError, check_config
 from bigjax.methods import ensemble
 from bigjax.step import PARAMS_STREAM, TrainState, make_train_step, stream_key
@@ -71,7 +72,8 @@ def make_task(config: ml_collections.ConfigDict, mesh_shape: dict[str, int] | No
 
 
 def make_tx(config: ml_collections.ConfigDict, optim_config=None, updates: int = 0):
-  """(optimizer, schedule): optim's optimizer, frozen parameters masked, non-finite skipping.
+  """(optimizer, schedule): optim's optimizer, frozen parameters masked, pruning masks (applied
+  after every update), non-finite skipping.
 
   `optim_config` and `updates` (what the schedule spans) default to config.optim and
   config.steps; a task's parameter groups pass their own.
@@ -79,6 +81,7 @@ def make_tx(config: ml_collections.ConfigDict, optim_config=None, updates: int =
   """
   tx, lr_schedule = optim.make_optimizer(optim_config or config.optim, updates or config.steps)
   tx = finetune.freeze(tx, config.freeze)
+  tx = prune.masked(tx, config)
   if config.on_nonfinite == "skip":
     # Keeps params and optimizer state unchanged on a step whose gradients are not finite; past
     # the limit the update is applied, and the loop stops on the non-finite parameters.
@@ -106,8 +109,10 @@ def state_layout(task: Task, tx, config, mesh) -> tuple[TrainState, TrainState, 
 
   Parameter shardings come from the logical axis names the modules attach; optimizer moments
   take the sharding of their parameter, and everything else (counters, factored statistics) is
-  replicated. The model is traced once, for its boxed shapes.
+  replicated. The model is traced once, for its boxed shapes. The optimizer sees the trainable
+  parameters only (`adapt.trainable_split`: a LoRA run's adapters).
   """
+  trainable = lambda params: adapt.trainable_split(config)(params)[0]
   def init_params(rng):
     # An eval batch is a plain one: a method's training batches may add axes (clients, members).
     dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in task.eval_batch_spec(1).items()}
@@ -117,14 +122,14 @@ def state_layout(task: Task, tx, config, mesh) -> tuple[TrainState, TrainState, 
   param_shardings = sharding.logical_shardings(boxed, mesh, config)
   abstract_params = jax.tree.map(lambda box: box.unbox(apply_constraint=False), boxed,
                                  is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, trainable(abstract_params))
   def moment_sharding(leaf, param, param_sharding):
     if isinstance(leaf, optax.MaskedNode):  # a parameter this optimizer does not update
       return leaf
     return param_sharding if leaf.shape == param.shape else sharding.replicated(mesh)
 
   opt_shardings = optax.tree_map_params(
-      tx, moment_sharding, abstract_opt, abstract_params, param_shardings,
+      tx, moment_sharding, abstract_opt, trainable(abstract_params), trainable(param_shardings),
       transform_non_params=lambda _: sharding.replicated(mesh),
       is_leaf=lambda x: isinstance(x, optax.MaskedNode))
   shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings,
@@ -136,7 +141,8 @@ def state_layout(task: Task, tx, config, mesh) -> tuple[TrainState, TrainState, 
 
   def init(seed):
     params = nn.meta.unbox(init_params(stream_key(seed, PARAMS_STREAM)))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(trainable(params)))
 
   if task.members > 1:  # an ensemble: every member's state, stacked
     return ensemble.stacked_layout(abstract, shardings, init, task.members, mesh)
@@ -227,16 +233,37 @@ class Run:
                     compile_seconds=time.perf_counter() - start)
 
   def fresh_state(self, programs: Programs) -> TrainState:
-    """Step 0: initialised from the seed in its sharded layout, then `init_from`'s parameters."""
+    """Step 0: initialised from the seed in its sharded layout, then `init_from`'s parameters
+    (and a distillation teacher's)."""
     state = programs.init(jnp.int32(self.config.seed))
-    if self.config.init_from:
-      state = state.replace(params=finetune.load_pretrained(state.params, self.abstract.params,
-                                                            self.config.init_from))
-    return state
+    return state.replace(params=adapt.load_pretrained(state.params, self.abstract.params,
+                                                      self.config, self.task))
+
+  def checkpointed(self, state: TrainState) -> TrainState:
+    """What a checkpoint holds of `state` (or of `abstract`): all of it, but for a LoRA run's
+    base, which its config refers to instead."""
+    return adapt.checkpointed(state, self.config)
+
+  @property
+  def saves_everything(self) -> bool:
+    """Whether a checkpoint is the whole state (else resuming needs the initialiser)."""
+    return self.checkpointed(self.abstract) is self.abstract
+
+  def resumed(self, programs: Programs, saved: TrainState) -> TrainState:
+    """The whole state a checkpoint's `checkpointed` part stands for (a LoRA base rebuilt)."""
+    if self.saves_everything:
+      return saved
+    base = adapt.trainable_split(self.config)(self.fresh_state(programs).params)[1]
+    return saved.replace(params=adapt.merge(saved.params, base))
 
   @property
   def num_params(self) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract.params))
+
+  @property
+  def num_trainable(self) -> int:
+    trainable = adapt.trainable_split(self.config)(self.abstract.params)[0]
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(trainable))
 
   @property
   def flops_per_step(self) -> float:
@@ -258,6 +285,7 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Run:
   mesh_shape = check_config(config, len(devices), jax.process_count())
   use_compilation_cache(config.compilation_cache_dir)
   task = make_task(config, mesh_shape)
+  adapt.adapt_task(task, config, devices[0].platform)  # LoRA or quantization wrap task.model
   tx, lr_schedule = make_optimizers(task, config)
   mesh = sharding.make_mesh(mesh_shape, devices)
   with tracing_context(mesh, config):

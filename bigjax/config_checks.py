@@ -113,7 +113,7 @@ class Choice(Rule):
   def check(self, key, value):
     if value not in self.values:
       raise ConfigError(f"{key}={value!r} is unknown; use one of "
-                        f"{', '.join(map(str, self.values))}")
+                        f"{', '.join(str(v) if v != '' else repr(v) for v in self.values)}")
 
   def bad_values(self):
     return ["no-such-choice", 3]

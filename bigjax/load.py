@@ -8,7 +8,9 @@
 `path` is a workdir, its `checkpoints` (or `best`) directory, one step directory, or a Hugging
 Face model directory (config.json, safetensors, tokenizer.json; see bigjax/hf). Parameters are
 read straight onto the available devices (replicated, or FSDP-sharded with `mesh`); the optimizer
-state is never read.
+state is never read. A LoRA run's checkpoint holds its adapters: the base is rebuilt from the
+run's reference to it (init_from). A quantized run (bigjax.quantize) loads as integers. `save`
+writes the parameters-only runs that `bigjax.lora merge` and `bigjax.quantize` produce.
 """
 
 import dataclasses
@@ -20,6 +22,8 @@ import jax
 import ml_collections
 
 from bigjax import build, checkpoint, methods
+from bigjax import workdir as workdir_lib
+from bigjax.adapt import lora
 from bigjax.config_checks import ConfigError
 from bigjax.hf import convert, files
 from bigjax.tasks.base import Task
@@ -85,7 +89,7 @@ def layout_config(config: ml_collections.ConfigDict, num_devices: int,
   methods.training_only_off(config)
   config.optim.grad_accum_steps = 1
   config.optim.warmup_steps = 0  # no update is made: the schedule (and its warnings) are moot
-  config.init_from = ""
+  config.init_from = config.init_from if lora.enabled(config) else ""  # a LoRA run's base
   config.compilation_cache_dir = ""
   config.lock()
   return config
@@ -118,5 +122,25 @@ def load(path: str, best: bool = False, devices=None, mesh: dict[str, int] | Non
   devices = list(devices if devices is not None else jax.devices())
   config, directory, step, read = _locate(path, best, scan_layers)
   run = build.build(layout_config(config, len(devices), mesh), devices)
-  return LoadedRun(config=config, model=run.task.model, params=read(run.abstract.params),
+  params = read(run.checkpointed(run.abstract).params)
+  if not run.saves_everything:  # a LoRA run's adapters: the base comes from its reference to it
+    init = build.Programs(run.lower_init().compile(), None, None, 0.0)
+    params = run.resumed(init, run.abstract.replace(params=params)).params
+  return LoadedRun(config=config, model=run.task.model, params=params,
                    tokenizer=run.task.tokenizer, task=run.task, step=step, directory=directory)
+
+
+def save(out: str, config: ml_collections.ConfigDict, step: int, params) -> str:
+  """A run directory holding `params` alone (no optimizer state), which `load`, evaluation,
+  serving and `init_from` read like any run's; returns its checkpoints directory."""
+  workdir_lib.check_layout(out)
+  directory = os.path.join(out, "checkpoints")
+  if os.path.exists(directory):
+    raise ConfigError(f"{out} already holds a run; choose a new directory")
+  ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
+  try:
+    ckpt.save(step, {"params": params}, {}, config.to_dict())
+    ckpt.wait()
+  finally:
+    ckpt.close()
+  return directory

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from bigjax import adapt
+from bigjax.adapt import prune
 from bigjax.tasks.base import Loss, Phase, Task
 
 # Purposes the root key is split into; folding a constant keeps each stream fixed by the seed.
@@ -98,17 +100,21 @@ def make_train_step(task: Task, tx, lr_schedule, config: ml_collections.ConfigDi
 
   Metrics: the loss and the task's own metrics, gradient, parameter and update norms (a run that
   is about to diverge shows it there first), the learning rate, and, when non-finite updates are
-  skipped (optax.apply_if_finite), how many were. A named phase reports them as train/NAME/...,
-  and train/loss is then the sum of the phases' losses.
+  skipped (optax.apply_if_finite), how many were; when pruning, sparsity. A named phase reports
+  them as train/NAME/..., and train/loss is then the sum of the phases' losses. Frozen parameters
+  (`adapt.trainable_split`) get no gradient and no update, and are left out of the norms.
   """
   gradients = task.gradients or functools.partial(
       mean_gradient, accum=config.optim.grad_accum_steps)
+  split = adapt.trainable_split(config)
 
-  def update(phase: Phase, step, params, opt_state, batch, rng):
-    """One update of `phase`'s parameter group: (params, opt_state, metrics)."""
+  def update(phase: Phase, step, params, frozen, opt_state, batch, rng):
+    """One update of `phase`'s parameter group of the trainable `params`: (params, opt_state,
+    metrics)."""
     group = phase.group
     own = params[group] if group else params
-    loss = lambda p, b, r: phase.loss({**params, group: p} if group else p, b, r, True)
+    loss = lambda p, b, r: phase.loss(adapt.merge({**params, group: p} if group else p, frozen),
+                                      b, r, True)
     scalars, grads = gradients(loss, own, batch, rng, step)
     if group:
       updates, opt_state = tx.update_group(group, grads, opt_state, params)
@@ -119,14 +125,14 @@ def make_train_step(task: Task, tx, lr_schedule, config: ml_collections.ConfigDi
     norms = {"grad_norm": global_norm(grads), "update_norm": global_norm(updates)}
     return params, opt_state, {**scalars, **norms}
 
-  def repeated(phase: Phase, step, params, opt_state, batch, rng):
+  def repeated(phase: Phase, step, params, frozen, opt_state, batch, rng):
     """`phase.repeat` updates, update j on rows j, j+repeat, ...; metrics are their means."""
     if phase.repeat == 1:
-      return update(phase, step, params, opt_state, batch, rng)
+      return update(phase, step, params, frozen, opt_state, batch, rng)
     rows = jax.tree.map(lambda x: x.reshape(-1, phase.repeat, *x.shape[1:]).swapaxes(0, 1), batch)
 
     def one(carry, j):
-      params, opt_state, metrics = update(phase, step, *carry,
+      params, opt_state, metrics = update(phase, step, carry[0], frozen, carry[1],
                                           jax.tree.map(lambda x: x[j], rows),
                                           jax.random.fold_in(rng, j))
       return (params, opt_state), metrics
@@ -139,10 +145,10 @@ def make_train_step(task: Task, tx, lr_schedule, config: ml_collections.ConfigDi
     """`seed` is config.seed; an ensemble's vmapped step passes each member's own."""
     # A resumed run draws the same dropout: the key depends on the seed and the step alone.
     rng = jax.random.fold_in(stream_key(seed, DROPOUT_STREAM), state.step)
-    params, opt_state, metrics = state.params, state.opt_state, {}
+    (params, frozen), opt_state, metrics = split(state.params), state.opt_state, {}
     for i, phase in enumerate(task.phases):
-      params, opt_state, phase_metrics = repeated(phase, state.step, params, opt_state, batch,
-                                                  jax.random.fold_in(rng, i) if i else rng)
+      params, opt_state, phase_metrics = repeated(phase, state.step, params, frozen, opt_state,
+                                                  batch, jax.random.fold_in(rng, i) if i else rng)
       prefix = f"train/{phase.name}/" if phase.name else "train/"
       metrics |= {prefix + k: v for k, v in phase_metrics.items()}
       schedule = lr_schedule[phase.group] if phase.group else lr_schedule
@@ -153,6 +159,8 @@ def make_train_step(task: Task, tx, lr_schedule, config: ml_collections.ConfigDi
     skipped = skipped_updates(opt_state)
     if skipped is not None:
       metrics["train/skipped_steps"] = skipped
+    metrics |= prune.sparsity_metrics(opt_state)
+    params = adapt.merge(params, frozen)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

@@ -201,10 +201,9 @@ class StepMetrics:
 
 
 def restore(run: build.Run, ckpt, train_iter):
-  """(start step, state): the newest readable checkpoint, with `train_iter` moved to its data
-  position, or (0, None) for a fresh start. Read straight into the run's layout, before anything
-  compiles."""
-  restored = ckpt.restore(run.abstract, train_iter)
+  """(start step, state) of the newest readable checkpoint, read into the run's layout before
+  anything compiles, with `train_iter` moved to its data position; (0, None) if there is none."""
+  restored = ckpt.restore(run.checkpointed(run.abstract), train_iter)
   return (0, None) if restored is None else restored[:2]
 
 
@@ -249,8 +248,9 @@ def _train(run: build.Run, workdir: str, stop: StopRequest) -> dict:
     return final
   if primary:
     print(f"compiling the {config.task} steps...", flush=True)
-  programs = run.compile(init=state is None)  # a resumed run needs no initialiser
-  state = run.fresh_state(programs) if state is None else state
+  # A resumed run needs no initialiser, unless its checkpoint is not the whole state (LoRA's).
+  programs = run.compile(init=state is None or not run.saves_everything)
+  state = run.fresh_state(programs) if state is None else run.resumed(programs, state)
   stop.start()
   tracker = tracking.Tracker(config, workdir, active=primary, params=run.abstract.params,
                              start_step=start_step)
@@ -271,7 +271,7 @@ def _train(run: build.Run, workdir: str, stop: StopRequest) -> dict:
       stopping = stop.agreed()
       if due(step, config.checkpoint_every, config.steps) or stopping or early_stop:
         metrics.flush()  # a non-finite state is never saved
-        ckpt.save(step, state, batches.get_state(), config.to_dict())
+        ckpt.save(step, run.checkpointed(state), batches.get_state(), config.to_dict())
         metrics.last_saved = step
       if stopping:
         ckpt.wait()
@@ -296,7 +296,8 @@ def _evaluate(run, programs, state, step, best, batches, metrics, progress) -> b
   for name, image in report.images.items():
     metrics.tracker.write_image(step, name, image)
   metrics.latest |= report.scalars
-  early_stop = best.update(step, report.scalars, state, batches.get_state(), run.config.to_dict())
+  saved = run.checkpointed(state), batches.get_state(), run.config.to_dict()
+  early_stop = best.update(step, report.scalars, *saved)
   _say(progress, f"step {step}: {_format(report.scalars)}")
   if early_stop:
     _say(progress, f"early stop at step {step}: {best.metric} has not improved for "
@@ -351,7 +352,7 @@ def _print_summary(run: build.Run, programs: build.Programs, start_step: int) ->
   peak_source = throughput.peak_flops_per_device(run.devices[0], jnp.dtype(run.config.dtype))[1]
   memory = programs.train_step.memory_analysis()
   lines = [
-      f"task {run.config.task}: {run.num_params:,} parameters, "
+      f"task {run.config.task}: {run.num_params:,} parameters ({run.num_trainable:,} trainable), "
       f"{run.flops_per_step / count:.3g} train FLOPs/{unit.rstrip('s')}, {count:,} {unit}/step",
       f"mesh {run.mesh_shape} on {len(run.devices)} {run.devices[0].platform} devices "
       f"({jax.process_count()} process(es)); MFU against {peak_source}",
@@ -366,9 +367,8 @@ def _print_summary(run: build.Run, programs: build.Programs, start_step: int) ->
   print("\n".join(lines), flush=True)
 
 
-def main(argv) -> None:
+def main(_) -> None:
   from absl import flags
-  del argv
   console.quiet()
   config, workdir = flags.FLAGS.config, sweeps.agent_workdir(flags.FLAGS.workdir)
   with cli.one_line_errors(NonFiniteLoss, checkpoint.CheckpointError):

@@ -179,6 +179,33 @@ def get_config() -> ml_collections.ConfigDict:
   c.privacy.delta = 1e-5  # the delta of the (epsilon, delta) guarantee
   c.privacy.expected_batch_size = 0  # Poisson sampling's mean batch (rate = this / examples); batch_size rows hold the draws
 
+  # Adaptation and compression (bigjax/adapt): each is off at its default.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.targets = ""  # regex fully matching the module paths given adapters, e.g. ".*(attn|mlp)/.*" ("" = off)
+  c.lora.rank = 8  # adapter rank r; only the adapters train, and checkpoints refer to the base (init_from)
+  c.lora.alpha = 16.0  # adapters are scaled by alpha / rank (peft's lora_alpha)
+  c.lora.dropout = 0.0  # dropout on the adapters' inputs, in training only
+  c.lora.base_qtype = ""  # QLoRA: the frozen base kept as "int8" or "int4" ("" = float)
+
+  c.quant = ml_collections.ConfigDict()
+  c.quant.weights = ""  # "int8" or "int4": quantization-aware training, weights fake-quantized ("" = off)
+  c.quant.activations = ""  # "int8": the quantized matmuls' inputs too ("" = float)
+  c.quant.tile = 0  # one weight scale per this many inputs (int4 usually; also QLoRA's base); 0 = per output channel
+  c.quant.mode = "qat"  # "qat": float params, fake quantization; "ptq": integer params (written by bigjax.quantize)
+
+  c.prune = ml_collections.ConfigDict()
+  c.prune.sparsity = 0.0  # final share of zeros in every dense kernel, layer by layer (0 = off)
+  c.prune.pattern = "unstructured"  # "unstructured" (smallest magnitudes) or "2:4" (2 of every 4 inputs; sparsity 0.5)
+  c.prune.schedule = "gradual"  # "gradual" (Zhu & Gupta's cubic ramp from begin to end step) or "oneshot" (at begin_step)
+  c.prune.begin_step = 0  # the first step that prunes
+  c.prune.end_step = 0  # the step the ramp reaches `sparsity` (0 = three quarters of `steps`)
+  c.prune.every = 10  # steps between mask updates on the ramp
+
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ""  # task=distill: the teacher run's workdir or checkpoint (same tokenizer)
+  c.distill.temperature = 2.0  # both models' logits are divided by this for the soft targets
+  c.distill.alpha = 0.5  # weight of the soft loss (KL to the teacher); 1 - alpha goes to the labels
+
   c.tracking = ml_collections.ConfigDict()
   c.tracking.wandb = "disabled"  # "disabled", "offline" (no key, no network) or "online"
   c.tracking.project = "bigjax"  # W&B project

@@ -162,7 +162,7 @@ SCHEMA = {
     "seq2seq.length_penalty": Number(min=0),
 
     "optim.name": Choice(optim.OPTIMIZERS),
-    "optim.lr": Number(min=0),  # 0 keeps the parameters as they are (a baseline, a check)
+    "optim.lr": Number(above=0),
     "optim.schedule": Choice(optim.SCHEDULES),
     "optim.warmup_steps": Integer(min=0),
     "optim.min_lr_ratio": Number(min=0, max=1),
@@ -215,6 +215,24 @@ SCHEMA = {
     "privacy.target_epsilon": Number(min=0),
     "privacy.delta": Number(above=0, below=1),
     "privacy.expected_batch_size": Integer(min=0),
+    "lora.targets": Regex(),
+    "lora.rank": Integer(min=1),
+    "lora.alpha": Number(above=0),
+    "lora.dropout": Number(min=0, below=1),
+    "lora.base_qtype": Choice(("", "int8", "int4")),
+    "quant.weights": Choice(("", "int8", "int4")),
+    "quant.activations": Choice(("", "int8")),
+    "quant.tile": Integer(min=0),
+    "quant.mode": Choice(("qat", "ptq")),
+    "prune.sparsity": Number(min=0, below=1),
+    "prune.pattern": Choice(("unstructured", "2:4")),
+    "prune.schedule": Choice(("gradual", "oneshot")),
+    "prune.begin_step": Integer(min=0),
+    "prune.end_step": Integer(min=0),
+    "prune.every": Integer(min=1),
+    "distill.teacher": Path(),  # task=distill checks it
+    "distill.temperature": Number(above=0),
+    "distill.alpha": Number(min=0, max=1),
 }
 
 # What a resumed run may change: how long it runs, how often it evaluates, saves and logs, where

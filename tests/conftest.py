@@ -127,16 +127,16 @@ def no_network(monkeypatch):
   monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
 
 
-
 def initialised_run(config, workdir: str) -> str:
   """`workdir` holding a checkpoint of `config`'s freshly initialised state (step 0), as a trained
   run's does: for tests of the commands that use a run, which need one but not its training."""
   import jax
+  import jax.numpy as jnp
 
   from bigjax import build, checkpoint
 
   run = build.build(config, jax.devices()[:1])
-  state = run.lower_init().compile()(jax.random.key(config.seed))
+  state = run.lower_init().compile()(jnp.int32(config.seed))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, async_save=False)
   try:
     ckpt.save(0, state, {}, config.to_dict())
@@ -175,3 +175,18 @@ def killed_and_resumed(read_checkpoint):
     return straight, read_checkpoint(config, workdir)
 
   return run
+
+
+@pytest.fixture(scope="session")
+def trained_lm(corpus_path, tmp_path_factory) -> str:
+  """The workdir of the tiny LM trained 300 steps on the corpus (unrolled layers): the model the
+  adaptation and compression tests adapt, quantize, prune and distill from."""
+  import jax
+
+  from bigjax import train
+
+  workdir = str(tmp_path_factory.mktemp("trained_lm"))
+  config = tiny_config(corpus_path, steps=300, eval_steps=8,
+                       **{"model.scan_layers": False, "optim.lr": 1e-2})
+  train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  return workdir

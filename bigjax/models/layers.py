@@ -187,7 +187,11 @@ class Dense(nn.Module):
 
 
 def logits(cfg: TransformerConfig, embed: nn.Embed, x_BxLxD) -> jax.Array:
-  """The tied output projection x @ E^T in the compute dtype, as float32 logits (the loss's)."""
+  """The tied output projection x @ E^T in the compute dtype, as float32 logits (the loss's).
+
+  In float32, `embed.attend` itself: the call qwix's LoRA intercepts to adapt a tied head."""
+  if jnp.dtype(cfg.dtype) == jnp.float32:
+    return embed.attend(jnp.asarray(x_BxLxD, jnp.float32))
   table_VxD = jnp.asarray(embed.embedding, cfg.dtype)
   return precision.dot_general(jnp.asarray(x_BxLxD, cfg.dtype), table_VxD.T,
                                (((x_BxLxD.ndim - 1,), (0,)), ((), ())))

@@ -2,6 +2,7 @@
 
 from bigjax.tasks.classify import ClassifyTask
 from bigjax.tasks.gan import GANTask
+from bigjax.tasks.distill import DistillTask
 from bigjax.tasks.lm import LanguageModelTask
 from bigjax.tasks.mlm import MaskedLanguageModelTask
 from bigjax.tasks.reconstruct import ReconstructTask
@@ -20,4 +21,5 @@ TASKS = {
     "text_classify": TextClassificationTask,
     "seq2seq": Seq2SeqTask,
     "sft": SftTask,
+    "distill": DistillTask,
 }
