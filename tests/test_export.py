@@ -38,7 +38,7 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 def _byte_run(make_config, workdir: str, **overrides):
   """A byte-level GPT run (a step-0 checkpoint) in `workdir`, loaded back."""
   config = make_config(**overrides)
-  params = jax.jit(build.build(config, ONE).init_fn)(jax.random.key(0)).params
+  params = jax.jit(build.build(config, ONE).init_fn)(0).params
   write_run(workdir, config.to_dict(), params)
   return bigjax.load(workdir, devices=ONE)
 
@@ -108,7 +108,7 @@ def test_artifact_size_does_not_grow_with_the_parameters(exported, make_config, 
 
 def test_encoder_export_runs_and_bad_requests_are_one_line_errors(make_config, tmp_path):
   config = make_config(**{"task": "mlm", "model.token_types": 2})
-  params = jax.jit(build.build(config, ONE).init_fn)(jax.random.key(0)).params
+  params = jax.jit(build.build(config, ONE).init_fn)(0).params
   write_run(str(tmp_path / "run"), config.to_dict(), params)
   run = bigjax.load(str(tmp_path / "run"), devices=ONE)
   manifest = export.export(run, str(tmp_path / "out"), platforms=("cpu",))

@@ -102,7 +102,7 @@ def test_byte_level_bigjax_model_exports_with_its_tokenizer(make_config, tmp_pat
   """A run of bigjax's own byte-level GPT (initialised here; training would not change what is
   exported)."""
   config = make_config()
-  params = jax.jit(build.build(config, ONE).init_fn)(jax.random.key(0)).params
+  params = jax.jit(build.build(config, ONE).init_fn)(0).params
   write_run(str(tmp_path / "run"), config.to_dict(), params)
   run = bigjax.load(str(tmp_path / "run"), devices=ONE)
   export_model(str(tmp_path / "run"), str(tmp_path / "hf"))

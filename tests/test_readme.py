@@ -81,7 +81,14 @@ PLANS = [
     Plan(r".*(\.\.\.|TPU_NAME)", skip="a pattern, not a command line; tests/test_launch.py "
                                       "runs the launchers (DRY_RUN output, two real processes)"),
     Plan(r"python -m bigjax\.launch$", skip="names the module; tests/test_launch.py runs it"),
-    Plan(r"python -m bigjax\.(hf|export)$", skip="names the module; its commands are run below"),
+    Plan(r"python -m bigjax\.(hf|export|lora merge)$",
+         skip="names the module; its commands are run below"),
+    Plan(r"python (-m bigjax\.data\.prepare|scripts/bench_data\.py) .*\bOUT\b",
+         skip="the recipe of a measurement on a corpus made for it; the command's real form runs "
+              "below, tests/test_prepare.py checks what it writes"),
+    Plan(r"S=|python -m bigjax\.train \$S|python -c \"import bigjax; from bigjax\.adapt\.measure",
+         skip="the recipe of the LoRA measurement (150 steps a run); tests/test_lora.py checks "
+              "LoRA's recovery of a full fine-tune at a smaller size"),
     Plan(r"(python )?scripts/\S+\.py --workdir=W$|python (-m bigjax\.export|scripts/run_exported"
          r"\.py) .*\b(W|DIR)\b", skip="a pattern, not a command line; tests/test_export.py and "
                                        "tests/test_serve.py run these commands"),
@@ -97,6 +104,11 @@ PLANS = [
     Plan(r"python -m bigjax\.hf export", files=("models/gpt2_tuned/config.json",
                                                    "models/gpt2_tuned/tokenizer.json")),
     Plan(r"python -c \"import transformers", output=r"ROMEO:"),
+    # Data: a corpus prepared into shards (then trained on below), generated dialogues.
+    Plan(r"python -m bigjax\.data\.prepare", args=("--input={corpus}", "--workers=1"),
+         files=("data/web/manifest.json",)),
+    Plan(r"python -m bigjax\.data\.dialogues", args=("--train=64", "--validation=16"),
+         files=("runs/dialogues/train.jsonl",)),
     # Training (and sweeps): shortened.
     Plan(r"python -m bigjax\.train --config=configs/mnist_mlp\.py", args=(
         "--config.data.tfds_dir=",), **tfds_error("mnist")),
@@ -128,6 +140,15 @@ PLANS = [
          output=r"tokens_per_sec"),
     Plan(r"python scripts/bench_pytorch\.py", args=tuple(BENCH), after_training=True,
          output=r"tokens_per_sec"),
+    Plan(r"python scripts/bench_data\.py", args=("--batches=2", "--workers=0", "--batch_size=4"),
+         after_training=True),
+    Plan(r"python -m bigjax\.lora merge", after_training=True,
+         files=("runs/lora_merged/checkpoints",)),
+    Plan(r"python -m bigjax\.quantize", after_training=True,
+         files=("runs/gpt_tiny_int4/checkpoints",)),
+    Plan(r"python scripts/compress_report\.py",
+         skip="fine-tunes and times six variants (90 s at 2 steps each); tests/test_quantize.py "
+              "and tests/test_prune.py check each variant; its decode timing is bigjax.generate's"),
     Plan(r"tensorboard --logdir=runs$", check="check_tensorboard", after_training=True),
     Plan(r"python -m bigjax\.serve", check="check_serve", after_training=True),
     Plan(r"python scripts/bench_serve\.py", args=("--requests=2", "--clients=2",
@@ -144,6 +165,8 @@ def readme_commands(text: str) -> list[str]:
       joined = part.replace("\\\n", " ")
       for line in joined.splitlines():
         line = re.sub(r"\s+#.*$", "", line).strip()
+        if line.startswith("#"):  # a comment line
+          continue
         commands += [" ".join(c.split()) for c in line.split(" && ") if c.strip()]
     else:
       prose.append(part)
@@ -171,9 +194,13 @@ def plan_for(command: str) -> Plan | None:
 
 
 def runnable_form(command: str) -> str:
-  """`[...]` optional parts included, except those that are placeholders themselves."""
-  return re.sub(r"(?<=\s)\[([^\]]*)\]", lambda m: "" if "..." in m.group(1) else m.group(1),
-                command)  # after a space: `x[0]` in Python code is no optional part
+  """`[...]` optional parts included (the first of `a|b|c` alternatives), except those that are
+  placeholders themselves."""
+  def optional(m):
+    part = m.group(1)
+    return "" if "..." in part else re.sub(r"=([\w.-]+)(\|[\w.-]+)+", r"=\1", part)
+  # After a space: `x[0]` in Python code is no optional part.
+  return re.sub(r"(?<=\s)\[([^\]]*)\]", optional, command)
 
 
 COMMANDS = readme_commands(open(README, encoding="utf-8").read())

@@ -282,7 +282,8 @@ def first_event(lines) -> str:
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(live):
   cancelled = 'bigjax_sequences_finished_total{reason="cancelled"}'
   before = live.metric(cancelled, default=0.0)
-  with slow_engine(live):
+  # 50 steps of 0.3 s: the request cannot finish before a busy machine notices the disconnect.
+  with slow_engine(live, seconds_per_step=0.3):
     # Greedy, so that no end-of-text byte can end it early.
     request = {**GOOD, "max_tokens": 50, "temperature": 0, "stream": True}
     with httpx.stream("POST", live.url + "/v1/completions", headers=AUTH, timeout=60,
@@ -293,7 +294,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(live):
     # Freed by the disconnect, not by finishing: the engine counts it cancelled (a moment after
     # the request stops running, on the engine's thread).
     wait_until(lambda: live.metric("bigjax_requests_running") == 0
-               and live.metric(cancelled, default=0.0) == before + 1)
+               and live.metric(cancelled, default=0.0) == before + 1, seconds=60)
 
 
 def test_a_full_queue_answers_503_with_retry_after(live):

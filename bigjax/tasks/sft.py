@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bigjax import finetune, generate
+from bigjax import finetune
 from bigjax.config_checks import ConfigError
 from bigjax.data import chat, pipeline, sft
 from bigjax.models import gpt
@@ -168,6 +168,9 @@ class SftTask(TransformerTask):
       reference = chat.render(messages[:last + 1], self.config.data.chat_template)[-1][0]
       shown.append((messages[last - 1]["content"], self.tokenizer.encode(prompt), reference))
     lengths = [len(self.tokenizer.encode(reference)) for _, _, reference in shown]
+    # Imported here, not with the package: `python -m bigjax.generate` would load it twice.
+    from bigjax import generate
+
     answers = generate.generate(self.model, params, [p for _, p, _ in shown], max(lengths),
                                 temperature=0.0)
     lines = []
