@@ -190,3 +190,9 @@ def trained_lm(corpus_path, tmp_path_factory) -> str:
                        **{"model.scan_layers": False, "optim.lr": 1e-2})
   train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
   return workdir
+
+
+def pytest_collection_modifyitems(items):
+  """The README test first: it is the longest file (ten minutes on 2 cores), so with two workers
+  taking whole files it starts at once instead of last."""
+  items.sort(key=lambda item: not item.nodeid.startswith("tests/test_readme.py"))

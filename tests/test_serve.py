@@ -333,7 +333,10 @@ def test_zz_a_dead_engine_makes_ready_503(live):
   def fail(*args):
     raise RuntimeError("device lost")
 
-  live.service.engine._decode_program = fail
+  # Prefill too: a sampled first token may end the request before any decode step.
+  engine = live.service.engine
+  engine._decode_program = fail
+  engine._prefill_programs = {bucket: fail for bucket in engine._prefill_programs}
   response = httpx.post(live.url + "/v1/completions", headers=AUTH, json=GOOD, timeout=60)
   assert response.status_code == 503 and "device lost" in response.json()["error"]["message"]
   ready = httpx.get(live.url + "/ready", headers=AUTH, timeout=30)

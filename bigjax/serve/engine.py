@@ -265,6 +265,7 @@ class Engine:
     tokens_1xP = np.zeros((1, bucket), np.int32)
     tokens_1xP[0, :n] = request.prompt
     s = generate.sampling(1, request.temperature, request.top_k, request.top_p, request.seed)
+    self._active[slot] = request  # first: if the program fails, the request hears why
     self._slots, out = self._prefill_programs[bucket](
         self.params, self._slots, tokens_1xP, np.int32(n), np.int32(slot), s,
         np.bool_(request.prompt_logprobs))
@@ -273,7 +274,6 @@ class Engine:
       request.prompt_scores = _tokens(request.top_logprobs, tokens_1xP[0, 1:n],
                                       *(x[:n - 1] for x in prompt))
     self._metrics(request).prompt.inc(n)
-    self._active[slot] = request
     self._emit(slot, request, _tokens(request.top_logprobs, *first)[0])
 
   def _step(self) -> None:
