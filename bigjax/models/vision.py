@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from bigjax.config_checks import ConfigError
 from bigjax.models import bert, layers, precision
 from bigjax.models.layers import TransformerConfig
 
@@ -50,6 +51,15 @@ class VisionConfig:
     return cls(name=m.name, input_shape=tuple(input_shape), num_outputs=num_outputs,
                hidden=tuple(m.hidden), channels=tuple(m.channels), patch_size=m.patch_size,
                latent=m.latent, dtype=jnp.dtype(config.dtype), transformer=transformer)
+
+
+def check_strided_convs(channels, image_shape) -> None:
+  """One stride-2 conv per entry of `channels` halves the image each time: its sides must allow
+  that (the autoencoders' and the GAN's encoders and decoders mirror each other)."""
+  shrink = 2 ** len(channels)
+  if any(s % shrink for s in image_shape[:2]):
+    raise ConfigError(f"{len(channels)} stride-2 convs (model.channels) need image sides "
+                      f"divisible by {shrink}, not {image_shape[:2]}; use fewer")
 
 
 def _hidden_axis(i: int) -> str:

@@ -50,10 +50,7 @@ class GANTask(ExamplesTask):
                         f"{gan.discriminator_lr} must be positive")
     super().__init__(config, process_index, process_count, kind="classes")
     image_shape = self.train_examples[0]["image"].shape
-    shrink = 2 ** len(config.model.channels)
-    if any(s % shrink for s in image_shape[:2]):
-      raise ConfigError(f"{len(config.model.channels)} stride-2 convs (model.channels) need "
-                        f"image sides divisible by {shrink}, not {image_shape[:2]}; use fewer")
+    vision.check_strided_convs(config.model.channels, image_shape)
     self.model_cfg = vision.VisionConfig.from_config(config, image_shape, num_outputs=0)
     self.model = vision.GAN(self.model_cfg)
     self.classifier = self._load_classifier(gan.classifier, image_shape) if gan.classifier else None

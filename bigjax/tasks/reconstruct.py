@@ -33,10 +33,7 @@ class ReconstructTask(ExamplesTask):
                         f"{', '.join(AUTOENCODERS)}")
     super().__init__(config, process_index, process_count, kind="classes")
     image_shape = self.train_examples[0]["image"].shape
-    shrink = 2 ** len(config.model.channels)
-    if any(s % shrink for s in image_shape[:2]):
-      raise ConfigError(f"{len(config.model.channels)} stride-2 convs (model.channels) need "
-                        f"image sides divisible by {shrink}, not {image_shape[:2]}; use fewer")
+    vision.check_strided_convs(config.model.channels, image_shape)
     self.variational = config.model.name == "vae"
     # A plain autoencoder has no KL term to report.
     self.metric_names = ("loss", "reconstruction", "kl") if self.variational else ("loss",)
