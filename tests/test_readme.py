@@ -11,8 +11,8 @@ until it gets one, so a new README section is checked from the day it is written
 The commands run in one scratch directory (configs/ and scripts/ linked in, so `runs/...` lands
 there), with `python` on PATH being this interpreter, one CPU device, tfds pointed at an empty
 directory and no network needed: first the ones that write runs (training, sweeps), in README
-order, then the ones that read them (evaluate, plot, ...). About four minutes of CPU in all
-(measured: 245 s user + 29 s system on the shared 2-core machine).
+order, then the ones that read them (evaluate, plot, ...). The longest test file: 10 minutes on
+the 2-core development machine (conftest.py collects it first, so an xdist worker starts on it).
 """
 
 import dataclasses
